@@ -1,0 +1,73 @@
+"""exec-gateway / python -m gateway: Settings → services → app → serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import pydantic
+from tornado import netutil
+
+from gateway import __version__
+from gateway.app import build_services, make_app, make_server
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+async def serve(settings: Settings) -> None:
+    services = build_services(settings)
+    await services.manager.start()
+    server = make_server(make_app(services), settings)
+    sockets = netutil.bind_sockets(
+        settings.port, settings.host
+    )
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    url = settings.public_url or f"http://{host}:{port}/"
+    # The start-up banner goes to the terminal, not the log: it may hold a generated token.
+    print(f"exec-gateway {__version__} serving on {url} (launcher={settings.launcher}, "
+          f"registry={services.registry.name})", flush=True)
+    if services.auth.generated:
+        print(f"token: {services.auth.generated}\n"
+              f"  try: curl -H 'Authorization: Bearer {services.auth.generated}' "
+              f"-d '{{\"code\": \"1+1\"}}' {url}v1/sessions/demo/execute", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    await services.manager.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="exec-gateway", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML settings file (see config/)")
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load(args.config)
+    except (pydantic.ValidationError, FileNotFoundError, ValueError) as exc:
+        print(f"exec-gateway: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        print(f"exec-gateway: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

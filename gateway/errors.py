@@ -1,0 +1,101 @@
+"""Typed domain errors: each carries an HTTP status and a stable code; handlers map them once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Root of every error a client may see. ``status`` is the HTTP status, ``code`` the JSON code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadRequest(GatewayError):
+    status, code = 400, "bad_request"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class ValidationFailed(BadRequest):
+    code = "validation_error"
+
+
+class InvalidSessionId(BadRequest):
+    code = "invalid_session_id"
+
+
+class LimitOutOfRange(BadRequest):
+    code = "limit_out_of_range"
+
+
+class Unauthorized(GatewayError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(GatewayError):
+    status, code = 404, "not_found"
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, code = 405, "method_not_allowed"
+
+
+class Conflict(GatewayError):
+    status, code = 409, "conflict"
+
+
+class SessionExists(Conflict):
+    code = "session_exists"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code = 413, "payload_too_large"
+
+
+class QueueFull(GatewayError):
+    status, code = 429, "queue_full"
+
+
+class KeyCapacityExceeded(GatewayError):
+    status, code = 429, "key_session_limit"
+
+
+class CapacityExceeded(GatewayError):
+    status, code = 503, "capacity_exceeded"
+
+
+class KernelStartFailed(GatewayError):
+    status, code = 503, "kernel_start_failed"
+
+
+class LauncherUnavailable(GatewayError):
+    status, code = 503, "launcher_unavailable"
+
+
+class RegistryUnavailable(GatewayError):
+    status, code = 503, "registry_unavailable"
+
+
+class ShuttingDown(GatewayError):
+    status, code = 503, "shutting_down"
+
+
+class KernelDied(Exception):
+    """Internal: the kernel process went away while a request was waiting on it."""
+
+
+class KernelTimeout(Exception):
+    """Internal: the kernel did not answer a control/shell request before its deadline."""

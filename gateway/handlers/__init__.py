@@ -1,0 +1,1 @@
+"""HTTP and WebSocket handlers: auth, parse, validate, one manager call, JSON out."""

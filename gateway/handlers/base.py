@@ -1,0 +1,158 @@
+"""ApiHandler: the base of every JSON endpoint — auth, bounded body, parsing, the one error hook."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pydantic
+from tornado import httputil, web
+
+from gateway import errors
+from gateway.auth import Auth
+from gateway.metrics import Metrics
+from gateway.registry import Registry
+from gateway.launchers import Launcher
+from gateway.models import ErrorBody, ErrorDetail
+from gateway.sessions import SessionManager
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a handler may use; built once in app.py and passed to every route."""
+
+    settings: Settings
+    auth: Auth
+    manager: SessionManager
+    launcher: Launcher
+    registry: Registry
+    metrics: Metrics
+
+
+def validation_error(exc: pydantic.ValidationError) -> errors.GatewayError:
+    """Translate a pydantic error (never echoing the input back) into a domain error."""
+    issues = exc.errors(include_input=False, include_url=False, include_context=False)
+    if any(issue["type"] == "json_invalid" for issue in issues):
+        return errors.InvalidJSON("request body is not valid JSON", details=[
+            {"msg": issue["msg"]} for issue in issues
+        ])
+    details = [
+        {"loc": [str(p) for p in issue["loc"]], "msg": issue["msg"], "type": issue["type"]}
+        for issue in issues
+    ]
+    summary = "; ".join(f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5])
+    return errors.ValidationFailed(f"invalid request: {summary}", details=details)
+
+
+@web.stream_request_body
+class ApiHandler(web.RequestHandler):
+    auth_required = True
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self.owner = ""
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    async def prepare(self) -> None:
+        if self.auth_required:
+            self.owner = self.services.auth.authenticate(
+                self.request.headers.get("Authorization"),
+                self.get_query_argument("token", None),
+            )
+        limit = self.services.settings.max_request_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if self.request.connection is not None:
+            # beyond 4x our limit tornado itself cuts the connection; up to it we answer in JSON
+            self.request.connection.set_max_body_size(4 * limit)  # type: ignore[attr-defined]
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received <= self.services.settings.max_request_bytes:
+            self._chunks.append(chunk)
+
+    def body(self, model: type[M], *, empty_ok: bool = False) -> M:
+        """The request body parsed as ``model``. Raises PayloadTooLarge, InvalidJSON, ValidationFailed."""
+        limit = self.services.settings.max_request_bytes
+        if self._received > limit:
+            raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+        raw = b"".join(self._chunks)
+        if empty_ok and not raw.strip():
+            raw = b"{}"
+        try:
+            return model.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc) from None
+
+    def send(self, model: pydantic.BaseModel, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(model.model_dump_json())
+
+    def no_content(self) -> None:
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.finish()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, errors.GatewayError):
+            status, code, message, details = exc.status, exc.code, exc.message, exc.details
+        elif isinstance(exc, web.HTTPError):
+            status = exc.status_code
+            code = _CODES.get(status, "http_error")
+            message = exc.log_message or httputil.responses.get(status, "error")
+            if "%" in message and exc.args:
+                message = httputil.responses.get(status, "error")
+            details = None
+        else:
+            status, code, message, details = 500, "internal_error", "internal error", None
+        if status == 405:
+            message = f"method {self.request.method} is not allowed here"
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="exec-gateway"')
+        body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
+        self.finish(body.model_dump_json(exclude_none=True))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, (errors.GatewayError, web.HTTPError)):
+            log.info("%s %s -> %s", self.request.method, self.request.path,
+                     getattr(value, "code", getattr(value, "status_code", "")))
+        else:
+            super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(ApiHandler):
+    """Every unknown path: a JSON 404 (no auth needed to learn a path does not exist)."""
+
+    auth_required = False
+
+    async def prepare(self) -> None:
+        raise errors.NotFound(f"no such endpoint: {self.request.path}")
+

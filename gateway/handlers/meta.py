@@ -1,0 +1,65 @@
+"""Health, readiness, metrics, OpenAPI and the start page."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway import __version__, errors
+from gateway.handlers.base import ApiHandler
+from gateway.models import Health
+from gateway.openapi import build_openapi
+
+
+class HealthHandler(ApiHandler):
+    auth_required = False
+
+    def health(self, status: str = "ok", checks: dict[str, str] | None = None) -> Health:
+        s = self.services
+        return Health(
+            status=status,  # type: ignore[arg-type]
+            version=__version__,
+            launcher=s.launcher.name,
+            registry=s.registry.name,
+            sessions=s.manager.count(),
+            max_sessions=s.settings.max_sessions,
+            default_limits=s.settings.default_limits,
+            max_limits=s.settings.max_limits,
+            checks=checks or {},
+        )
+
+    async def get(self) -> None:
+        self.send(self.health())
+
+
+class ReadyHandler(HealthHandler):
+    auth_required = True
+
+    async def get(self) -> None:
+        checks: dict[str, str] = {}
+        for name, probe in (("launcher", self.services.launcher.check),
+                            ("registry", self.services.registry.ping)):
+            try:
+                await probe()
+                checks[name] = "ok"
+            except errors.GatewayError as exc:
+                checks[name] = exc.message
+        ok = all(v == "ok" for v in checks.values())
+        self.send(self.health("ok" if ok else "unavailable", checks), 200 if ok else 503)
+
+
+class MetricsHandler(ApiHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.services.metrics.render())
+
+
+class OpenAPIHandler(ApiHandler):
+    auth_required = False
+    _document: bytes | None = None
+
+    async def get(self) -> None:
+        if OpenAPIHandler._document is None:
+            OpenAPIHandler._document = json.dumps(build_openapi()).encode()
+        self.finish(OpenAPIHandler._document)

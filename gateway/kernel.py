@@ -1,0 +1,312 @@
+"""KernelConnection: one kernel's ZeroMQ sockets, messages routed to whoever asked.
+
+The gateway is the kernel's only direct client. Every socket is read continuously by its
+own task (so ZMQ high-water marks never drop output); replies and iopub/stdin messages are
+routed by their parent ``msg_id`` to the route registered for that request, and the rest go
+to ``on_unrouted``. The kernel owns the socket directory: sockets are opened with
+``O_PATH | O_NOFOLLOW`` and connected through ``/proc/self/fd`` so a planted symlink or a
+swapped file is never followed, and reconnects are disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+from pydantic import BaseModel
+
+from gateway.errors import KernelDied, KernelTimeout
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+Route = Callable[[str, Message], None]  # (channel, message)
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+_SOCKET_TYPES = {"shell": zmq.DEALER, "iopub": zmq.SUB, "stdin": zmq.DEALER, "control": zmq.DEALER}
+
+
+class ConnectionInfo(BaseModel):
+    """A kernel's connection file, as the kernel sees it. ``key`` is secret: never log it."""
+
+    transport: str = "ipc"
+    ip: str
+    shell_port: int = 1
+    iopub_port: int = 2
+    stdin_port: int = 3
+    control_port: int = 4
+    hb_port: int = 5
+    key: str
+    signature_scheme: str = "hmac-sha256"
+    kernel_name: str = "python3"
+
+    @classmethod
+    def for_ipc(cls, path_prefix: str) -> ConnectionInfo:
+        return cls(ip=path_prefix, key=secrets.token_hex(32))
+
+    def socket_path(self, channel: str) -> str:
+        return f"{self.ip}-{getattr(self, channel + '_port')}"
+
+    def with_ip(self, ip: str) -> ConnectionInfo:
+        return self.model_copy(update={"ip": ip})
+
+
+def open_socket_path(path: str) -> int:
+    """Open a kernel-made socket file without following links; raises OSError if it is not one."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"not a socket: {path}")
+    return fd
+
+
+class KernelConnection:
+    """Talks to one kernel. Created per interpreter; closed when the kernel is replaced."""
+
+    def __init__(self, info: ConnectionInfo, context: zmq.asyncio.Context) -> None:
+        if info.transport != "ipc":
+            raise ValueError("only the ipc transport is supported")
+        self.info = info
+        self.session = Session(
+            key=info.key.encode(), signature_scheme=info.signature_scheme, username="gateway"
+        )
+        self._context = context
+        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._fds: list[int] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._routes: dict[str, Route] = {}
+        self._dead: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.on_unrouted: Route | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    async def connect(self, timeout_s: float, died: Awaitable[Any] | None = None) -> Message:
+        """Wait for the kernel's sockets, connect, and handshake; returns the kernel_info reply.
+
+        Raises KernelTimeout if not ready within ``timeout_s``, KernelDied if ``died`` fires.
+        """
+        watch = asyncio.ensure_future(died) if died is not None else None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._wait_for_sockets(watch)
+                self._open_sockets()
+                return await self._handshake(watch)
+        except TimeoutError as exc:
+            raise KernelTimeout(f"kernel not ready after {timeout_s:.1f}s") from exc
+        finally:
+            if watch is not None and not watch.done():
+                watch.cancel()
+
+    async def _wait_for_sockets(self, died: asyncio.Future[Any] | None) -> None:
+        paths = [self.info.socket_path(c) for c in _SOCKET_TYPES]
+        delay = 0.002
+        while not all(os.path.lexists(p) for p in paths):
+            if died is not None and died.done():
+                raise KernelDied("kernel exited during start-up")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _open_sockets(self) -> None:
+        identity = self.session.bsession
+        for channel, kind in _SOCKET_TYPES.items():
+            fd = open_socket_path(self.info.socket_path(channel))
+            self._fds.append(fd)
+            sock = self._context.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, -1)
+            sock.setsockopt(zmq.RCVHWM, 0)  # never drop on our side; we bound memory ourselves
+            if kind == zmq.DEALER:
+                # the kernel sends stdin requests to the identity that sent the shell request
+                sock.setsockopt(zmq.IDENTITY, identity)
+            else:
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(f"ipc:///proc/self/fd/{fd}")
+            self._sockets[channel] = sock
+            self._readers.append(asyncio.create_task(self._read_loop(channel, sock)))
+
+    async def _handshake(self, died: asyncio.Future[Any] | None) -> Message:
+        # A SUB socket misses what is published before its subscription lands: resend
+        # kernel_info until both the reply and an iopub message parented to it arrive.
+        while True:
+            got: dict[str, Message] = {}
+            both = asyncio.get_running_loop().create_future()
+
+            def route(channel: str, msg: Message) -> None:
+                got.setdefault(channel, msg)
+                if "shell" in got and "iopub" in got and not both.done():
+                    both.set_result(None)
+
+            msg = self.session.msg("kernel_info_request", {})
+            self._routes[msg["header"]["msg_id"]] = route
+            self.session.send(self._sockets["shell"], msg)
+            waits: set[asyncio.Future[Any]] = {both, self._dead}
+            if died is not None:
+                waits.add(died)
+            await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            self._routes.pop(msg["header"]["msg_id"], None)
+            if both.done():
+                return got["shell"]
+            if self._dead.done() or (died is not None and died.done()):
+                raise KernelDied("kernel exited during start-up")
+
+    def mark_dead(self, reason: str) -> None:
+        """Called when the sandbox reports the kernel gone: every waiter gets KernelDied."""
+        if not self._dead.done():
+            self._dead.set_result(reason)
+
+    @property
+    def dead(self) -> bool:
+        return self._dead.done()
+
+    def close(self) -> None:
+        self.mark_dead("closed")
+        for task in self._readers:
+            task.cancel()
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._readers.clear()
+        self._sockets.clear()
+        self._fds.clear()
+
+    # ----------------------------------------------------------------- reading
+    async def _read_loop(self, channel: str, sock: zmq.asyncio.Socket) -> None:
+        session = self.session
+        count = 0
+        while True:
+            count += 1
+            if count % 64 == 0:
+                # recv on a busy socket completes without yielding: let other work run
+                await asyncio.sleep(0)
+            try:
+                frames = await sock.recv_multipart()
+            except (asyncio.CancelledError, zmq.ZMQError):
+                return
+            try:
+                _, parts = session.feed_identities(frames, copy=True)
+                msg = session.deserialize(parts, content=True, copy=True)
+            except Exception:  # a kernel may send anything; never let it stop the reader
+                log.warning("dropped an invalid %s message", channel)
+                continue
+            self._dispatch(channel, msg)
+
+    def _dispatch(self, channel: str, msg: Message) -> None:
+        parent_id = msg.get("parent_header", {}).get("msg_id")
+        route = self._routes.get(parent_id) if parent_id else None
+        if route is None:
+            route = self.on_unrouted
+        if route is not None:
+            try:
+                route(channel, msg)
+            except Exception:
+                log.exception("message route failed channel=%s", channel)
+
+    # ----------------------------------------------------------------- requests
+    def route(self, msg_id: str, route: Route) -> None:
+        self._routes[msg_id] = route
+
+    def unroute(self, msg_id: str) -> None:
+        self._routes.pop(msg_id, None)
+
+    def send(self, channel: str, msg: Message) -> None:
+        """Send a message built with ``self.session.msg`` on ``channel``."""
+        self.session.send(self._sockets[channel], msg)
+
+    async def execute(
+        self, code: str, *, allow_stdin: bool, on_message: Route
+    ) -> Message:
+        """Run one cell; ``on_message`` sees its iopub and stdin messages in order.
+
+        Returns the execute_reply once the reply and the kernel's idle status both arrived.
+        Raises KernelDied. Cancellation stops waiting, not the kernel.
+        """
+        msg = self.session.msg(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": allow_stdin,
+                "stop_on_error": True,
+            },
+        )
+        return await self.request("shell", msg, on_message=on_message, wait_idle=True)
+
+    async def request(
+        self,
+        channel: str,
+        msg: Message,
+        *,
+        on_message: Route | None = None,
+        wait_idle: bool = False,
+        timeout_s: float | None = None,
+    ) -> Message:
+        """Send ``msg`` and return its reply; with ``wait_idle`` also wait for the idle status.
+
+        Raises KernelDied, KernelTimeout (only when ``timeout_s`` is given).
+        """
+        if self._dead.done():
+            raise KernelDied(self._dead.result())
+        done = asyncio.get_running_loop().create_future()
+        reply: list[Message] = []
+        idle = not wait_idle
+
+        def route(ch: str, m: Message) -> None:
+            nonlocal idle
+            if ch == channel:
+                reply.append(m)
+            elif on_message is not None:
+                on_message(ch, m)
+            if (
+                ch == "iopub"
+                and m["msg_type"] == "status"
+                and m["content"].get("execution_state") == "idle"
+            ):
+                idle = True
+            if reply and idle and not done.done():
+                done.set_result(None)
+
+        msg_id = msg["header"]["msg_id"]
+        self._routes[msg_id] = route
+        try:
+            self.session.send(self._sockets[channel], msg)
+            finished, _ = await asyncio.wait(
+                {done, self._dead}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if done in finished:
+                return reply[0]
+            if self._dead.done():
+                raise KernelDied(self._dead.result())
+            raise KernelTimeout(f"no {msg['msg_type']} reply after {timeout_s}s")
+        finally:
+            self._routes.pop(msg_id, None)
+            if not done.done():
+                done.cancel()
+
+    async def interrupt(self, timeout_s: float) -> None:
+        """Interrupt the running cell over the control channel. Raises KernelTimeout/KernelDied."""
+        await self.request("control", self.session.msg("interrupt_request", {}), timeout_s=timeout_s)
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """Ask the kernel to exit; best effort within ``timeout_s``."""
+        with contextlib.suppress(KernelDied, KernelTimeout, KeyError):
+            msg = self.session.msg("shutdown_request", {"restart": False})
+            await self.request("control", msg, timeout_s=timeout_s)
+
+    def reply_input(self, value: str, parent: Message) -> None:
+        """Answer an input_request; ``"\\x04"`` makes ``input()`` raise EOFError in the kernel."""
+        msg = self.session.msg("input_reply", {"value": value}, parent=parent["header"])
+        self.session.send(self._sockets["stdin"], msg)
+

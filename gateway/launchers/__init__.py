@@ -1,0 +1,93 @@
+"""The Launcher protocol: start a kernel in a sandbox, watch it, stop it.
+
+Implementations live in sibling modules (``local``, ``docker``); ``make_launcher`` picks one
+from settings. Backends take data and return data: a ``LaunchSpec`` in, a serialisable
+``KernelHandle`` out (stored in the registry so another process can find the kernel again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel
+
+from gateway.kernel import ConnectionInfo
+
+if TYPE_CHECKING:
+    from gateway.models import Limits
+    from gateway.settings import Settings
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What to start: whose kernel, with which limits and (already allowlisted) environment."""
+
+    session_id: str
+    kernel_id: str
+    owner: str
+    limits: Limits
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class KernelHandle(BaseModel):
+    """A started kernel, as the launcher that started it can find it again."""
+
+    launcher: str
+    kernel_id: str
+    session_id: str
+    ref: str  # pid or container id
+    socket_dir: str
+    connection: ConnectionInfo  # host-side paths; holds the HMAC key
+    extra: dict[str, Any] = {}
+
+
+class ExitInfo(BaseModel):
+    """Why a kernel stopped, in words a user can act on."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+
+    @property
+    def reason(self) -> str:
+        if self.oom_killed:
+            return "memory limit exceeded (killed by the out-of-memory killer)"
+        if self.signal is not None:
+            return f"killed by signal {self.signal}"
+        return f"exited with code {self.exit_code}"
+
+
+class Launcher(Protocol):
+    name: str
+
+    async def check(self) -> None:
+        """Raise LauncherUnavailable if kernels cannot be started now (readiness)."""
+
+    async def launch(self, spec: LaunchSpec) -> KernelHandle:
+        """Start a kernel; returns once its sockets may appear. Raises KernelStartFailed."""
+
+    async def wait_exit(self, handle: KernelHandle) -> ExitInfo:
+        """Resolve when the kernel's sandbox stops, with why."""
+
+    async def terminate(self, handle: KernelHandle, grace_s: float) -> None:
+        """Stop the kernel (SIGTERM, ``grace_s``, SIGKILL) and remove its sandbox. Idempotent."""
+
+    async def remove_workspace(self, handle: KernelHandle) -> None:
+        """Delete the session's files (called when the session itself is deleted)."""
+
+    async def adopt(self) -> list[KernelHandle]:
+        """Kernels of this gateway still running from an earlier process (may be empty)."""
+
+    async def close(self) -> None:
+        """Release the launcher's own resources (not the kernels)."""
+
+
+def make_launcher(settings: Settings) -> Launcher:
+    if settings.launcher == "docker":
+        from gateway.launchers.docker import DockerLauncher
+
+        return DockerLauncher(settings)
+    from gateway.launchers.local import LocalLauncher
+
+    return LocalLauncher(settings)

@@ -1,0 +1,40 @@
+"""Metrics: the gateway's Prometheus series, on a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.sessions = Gauge(
+            "gateway_sessions", "Live sessions", registry=self.registry
+        )
+        self.executes = Counter(
+            "gateway_executes", "Executed cells by result status", ["status"],
+            registry=self.registry,
+        )
+        self.execute_seconds = Histogram(
+            "gateway_execute_seconds", "Execute latency, request to result",
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.kernel_starts = Counter(
+            "gateway_kernel_starts", "Kernels started", ["launcher"], registry=self.registry
+        )
+        self.kernel_start_seconds = Histogram(
+            "gateway_kernel_start_seconds", "Kernel start to first reply",
+            buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30), registry=self.registry,
+        )
+        self.kernel_deaths = Counter(
+            "gateway_kernel_deaths", "Kernels that died on their own", ["reason"],
+            registry=self.registry,
+        )
+        self.reaped = Counter(
+            "gateway_sessions_reaped", "Sessions removed by the reaper", ["why"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,123 @@
+"""Pydantic wire models: requests, results, sessions, errors. The OpenAPI document is built from them."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SESSION_ID_PATTERN = SESSION_ID_RE.pattern
+
+
+class Request(BaseModel):
+    """Base of request bodies: unknown fields and type coercion are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Limits(Request):
+    """Sandbox limits of one session. ``None`` means the server default."""
+
+    memory_mb: int | None = Field(None, ge=32, description="memory limit (swap included), MiB")
+    cpus: float | None = Field(None, gt=0, le=64, allow_inf_nan=False, description="CPU quota")
+    pids: int | None = Field(None, ge=32, description="maximum processes and threads")
+    disk_mb: int | None = Field(None, ge=1, description="writable scratch space (/tmp, files), MiB")
+
+
+class CreateSession(Request):
+    session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
+    limits: Limits | None = None
+    env: dict[str, str] | None = Field(None, description="kernel environment; allowlisted keys only")
+
+
+class ExecuteRequest(Request):
+    code: str
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="seconds")
+    stdin: list[str] | None = Field(None, description="answers to input() calls, in order")
+
+
+class ExecuteStatus(str, Enum):
+    ok = "ok"
+    error = "error"
+    timeout = "timeout"
+    memory_exceeded = "memory_exceeded"
+    dead = "dead"
+    interrupted = "interrupted"
+
+
+class Output(BaseModel):
+    type: Literal["execute_result", "display_data"]
+    data: dict[str, Any]
+    metadata: dict[str, Any] = {}
+
+
+class ErrorInfo(BaseModel):
+    ename: str
+    evalue: str
+    traceback: list[str] = []
+
+
+class ExecuteResult(BaseModel):
+    """The whole answer to one cell, with the state contract spelled out."""
+
+    session_id: str
+    execution_count: int | None
+    generation: int = Field(description="increments whenever the interpreter is replaced")
+    status: ExecuteStatus
+    state_preserved: bool = Field(description="whether this session's variables survived the call")
+    stdout: str = ""
+    stderr: str = ""
+    outputs: list[Output] = []
+    error: ErrorInfo | None = None
+    truncated: bool = False
+    duration_ms: float
+
+
+class SessionState(str, Enum):
+    starting = "starting"
+    idle = "idle"
+    busy = "busy"
+    restarting = "restarting"
+    dead = "dead"
+    closed = "closed"
+
+
+class SessionInfo(BaseModel):
+    id: str
+    kernel_id: str
+    state: SessionState
+    generation: int
+    created_at: datetime
+    last_activity: datetime
+    execution_count: int
+    limits: Limits
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionInfo]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    version: str
+    launcher: str
+    registry: str
+    sessions: int
+    max_sessions: int
+    default_limits: Limits
+    max_limits: Limits
+    checks: dict[str, str] = {}

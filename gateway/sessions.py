@@ -1,0 +1,555 @@
+"""SessionManager: session_id → Session with its kernel; FIFO per session, timeout ladder, reaper.
+
+Sessions are namespaced by owner (the API key's name): another key never sees them. Every
+public method is called by the handlers and raises only GatewayError subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import zmq.asyncio
+
+from gateway import errors
+from gateway.errors import KernelDied, KernelTimeout
+from gateway.kernel import KernelConnection, Message
+from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, Launcher
+from gateway.metrics import Metrics
+from gateway.models import (
+    SESSION_ID_RE,
+    CreateSession,
+    ErrorInfo,
+    ExecuteRequest,
+    ExecuteResult,
+    ExecuteStatus,
+    Limits,
+    SessionInfo,
+    SessionState,
+)
+from gateway.output import OutputCollector
+from gateway.registry import Registry, SessionRecord
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KERNEL_ID_NAMESPACE = uuid.UUID("6f1c9a52-43c8-4c36-9b8e-2d2f3f0c5e11")
+EOF_INPUT = "\x04"  # ipykernel raises EOFError in input() for this reply
+
+Listener = Callable[[str, Message], None]
+
+
+def kernel_id_for(owner: str, session_id: str) -> str:
+    """Stable, UUID-shaped kernel id for a session (Jupyter routes require UUIDs)."""
+    return str(uuid.uuid5(KERNEL_ID_NAMESPACE, f"{owner}/{session_id}"))
+
+
+def check_session_id(session_id: str) -> str:
+    if not SESSION_ID_RE.match(session_id):
+        raise errors.InvalidSessionId(
+            "session_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+        )
+    return session_id
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Session:
+    """One session's live state. Mutated only by the SessionManager."""
+
+    def __init__(self, owner: str, session_id: str, limits: Limits, env: dict[str, str]) -> None:
+        self.owner = owner
+        self.id = session_id
+        self.kernel_id = kernel_id_for(owner, session_id)
+        self.limits = limits
+        self.env = env
+        self.created_at = self.last_activity = _now()
+        self.created_mono = self.active_mono = time.monotonic()
+        self.generation = 0
+        self.execution_count = 0
+        self.state = SessionState.starting
+        self.handle: KernelHandle | None = None
+        self.conn: KernelConnection | None = None
+        self.exit_info: ExitInfo | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+        self.waiting = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.interrupt_requested = False
+
+    def touch(self) -> None:
+        self.last_activity = _now()
+        self.active_mono = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        return self.lock.locked() or self.waiting > 0
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            id=self.id,
+            kernel_id=self.kernel_id,
+            state=self.state,
+            generation=self.generation,
+            created_at=self.created_at,
+            last_activity=self.last_activity,
+            execution_count=self.execution_count,
+            limits=self.limits,
+        )
+
+    def record(self, gateway_id: str) -> SessionRecord:
+        return SessionRecord(
+            session_id=self.id,
+            owner=self.owner,
+            kernel_id=self.kernel_id,
+            gateway_id=gateway_id,
+            state=self.state,
+            generation=self.generation,
+            created_at=self.created_at,
+            last_activity=self.last_activity,
+            execution_count=self.execution_count,
+            limits=self.limits,
+            handle=self.handle,
+        )
+
+
+class SessionManager:
+    def __init__(
+        self, settings: Settings, launcher: Launcher, registry: Registry, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.launcher = launcher
+        self.registry = registry
+        self.metrics = metrics
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._zmq = zmq.asyncio.Context()
+        self._reaper: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.launcher.check()
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        """Stop the reaper and every kernel this process started."""
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await asyncio.gather(
+            *(self._discard(s, remove_files=False) for s in list(self._sessions.values())),
+            return_exceptions=True,
+        )
+        await self.launcher.close()
+        await self.registry.close()
+        self._zmq.term()
+
+    # ------------------------------------------------------------------ lookup
+    def _find(self, owner: str, session_id: str) -> Session:
+        session = self._sessions.get((owner, check_session_id(session_id)))
+        if session is None:
+            raise errors.SessionNotFound(f"no session {session_id!r}")
+        return session
+
+    async def _ready(self, session: Session) -> Session:
+        await asyncio.shield(session.ready)
+        return session
+
+    def count(self) -> int:
+        return len(self._sessions)
+
+    async def get(self, owner: str, session_id: str) -> SessionInfo:
+        return (await self._ready(self._find(owner, session_id))).info()
+
+    async def list(self, owner: str) -> list[SessionInfo]:
+        return [s.info() for (o, _), s in self._sessions.items() if o == owner]
+
+    # ------------------------------------------------------------------ create / delete
+    def _resolve_limits(self, asked: Limits | None) -> Limits:
+        default, maximum = self.settings.default_limits, self.settings.max_limits
+        values = default.model_dump()
+        for name, value in (asked.model_dump() if asked else {}).items():
+            if value is None:
+                continue
+            top = getattr(maximum, name)
+            if top is not None and value > top:
+                raise errors.LimitOutOfRange(
+                    f"limits.{name}={value} is above this server's maximum of {top}"
+                )
+            values[name] = value
+        return Limits(**values)
+
+    def _resolve_env(self, asked: dict[str, str] | None) -> dict[str, str]:
+        env: dict[str, str] = {}
+        allowed = set(self.settings.env_allowlist)
+        for key, value in (asked or {}).items():
+            if key not in allowed:
+                raise errors.ValidationFailed(
+                    f"env key {key!r} is not allowed; allowed keys: {sorted(allowed)}"
+                )
+            if len(value) > 4096 or any(ord(ch) < 32 for ch in value):
+                raise errors.ValidationFailed(f"env value for {key!r} is too long or has "
+                                              "control characters")
+            env[key] = value
+        return env
+
+    async def create(self, owner: str, req: CreateSession) -> SessionInfo:
+        """Create a session and start its kernel. Raises SessionExists, capacity errors."""
+        session_id = req.session_id or uuid.uuid4().hex
+        if (owner, session_id) in self._sessions:
+            raise errors.SessionExists(f"session {session_id!r} already exists")
+        session = await self._open(owner, session_id, req.limits, req.env)
+        return session.info()
+
+    async def _get_or_open(self, owner: str, session_id: str) -> Session:
+        session = self._sessions.get((owner, check_session_id(session_id)))
+        if session is not None:
+            return await self._ready(session)
+        if not self.settings.create_on_execute:
+            raise errors.SessionNotFound(
+                f"no session {session_id!r} (create it first with POST /v1/sessions)"
+            )
+        return await self._open(owner, session_id, None, None)
+
+    async def _open(
+        self, owner: str, session_id: str, limits: Limits | None, env: dict[str, str] | None
+    ) -> Session:
+        if self._closing:
+            raise errors.ShuttingDown("the gateway is shutting down")
+        resolved_limits, resolved_env = self._resolve_limits(limits), self._resolve_env(env)
+        if len(self._sessions) >= self.settings.max_sessions:
+            raise errors.CapacityExceeded(
+                f"the gateway is at its limit of {self.settings.max_sessions} sessions; "
+                "delete a session or try later"
+            )
+        owned = sum(1 for (o, _) in self._sessions if o == owner)
+        if owned >= self.settings.max_sessions_per_key:
+            raise errors.KeyCapacityExceeded(
+                f"this API key has {owned} sessions, its limit; delete one first"
+            )
+        session = Session(owner, session_id, resolved_limits, resolved_env)
+        self._sessions[(owner, session_id)] = session  # reserves the slot while starting
+        try:
+            await self._start_kernel(session)
+        except BaseException as exc:
+            self._sessions.pop((owner, session_id), None)
+            session.ready.set_exception(
+                exc if isinstance(exc, errors.GatewayError) else errors.KernelStartFailed(str(exc))
+            )
+            session.ready.exception()  # mark retrieved
+            raise
+        session.ready.set_result(None)
+        self.metrics.sessions.set(len(self._sessions))
+        await self.registry.put(session.record(self.settings.instance_id))
+        return session
+
+    async def delete(self, owner: str, session_id: str) -> None:
+        session = self._find(owner, session_id)
+        with contextlib.suppress(errors.GatewayError):
+            await self._ready(session)
+        await self._discard(session, remove_files=True)
+
+    async def _discard(self, session: Session, *, remove_files: bool) -> None:
+        if self._sessions.get((session.owner, session.id)) is session:
+            del self._sessions[(session.owner, session.id)]
+        session.state = SessionState.closed
+        self.metrics.sessions.set(len(self._sessions))
+        handle = session.handle
+        await self._stop_kernel(session)
+        if remove_files and handle is not None:
+            await self.launcher.remove_workspace(handle)
+        await self.registry.delete(session.owner, session.id)
+        log.info("session closed session_id=%s", session.id)
+
+    # ------------------------------------------------------------------ kernels
+    async def _start_kernel(self, session: Session) -> None:
+        """Launch and connect a fresh kernel for ``session``. Raises KernelStartFailed."""
+        started = time.perf_counter()
+        spec = LaunchSpec(
+            session_id=session.id,
+            kernel_id=session.kernel_id,
+            owner=session.owner,
+            limits=session.limits,
+            env=session.env,
+        )
+        handle = await self.launcher.launch(spec)
+        conn = KernelConnection(handle.connection, self._zmq)
+        exited = asyncio.ensure_future(self.launcher.wait_exit(handle))
+        try:
+            await conn.connect(self.settings.kernel_start_timeout_s, exited)
+        except (KernelDied, KernelTimeout) as exc:
+            conn.close()
+            exited.cancel()
+            await self.launcher.terminate(handle, 0)
+            raise errors.KernelStartFailed(f"the kernel did not start: {exc}") from exc
+        except BaseException:
+            conn.close()
+            exited.cancel()
+            await self.launcher.terminate(handle, 0)
+            raise
+        session.handle, session.conn, session.exit_info = handle, conn, None
+        session.generation += 1
+        session.execution_count = 0
+        session.state = SessionState.idle
+        session.watcher = asyncio.create_task(self._watch(session, conn, exited))
+        self.metrics.kernel_starts.labels(self.launcher.name).inc()
+        self.metrics.kernel_start_seconds.observe(time.perf_counter() - started)
+
+    async def _watch(
+        self, session: Session, conn: KernelConnection, exited: asyncio.Future[ExitInfo]
+    ) -> None:
+        info = await exited
+        if session.conn is not conn:
+            return
+        session.exit_info = info
+        session.state = SessionState.dead
+        conn.mark_dead(info.reason)
+        self.metrics.kernel_deaths.labels("oom" if info.oom_killed else "exit").inc()
+        log.info("kernel died session_id=%s reason=%s", session.id, info.reason)
+
+    async def _stop_kernel(self, session: Session) -> None:
+        conn, handle, watcher = session.conn, session.handle, session.watcher
+        session.conn = session.watcher = None
+        if watcher is not None:
+            watcher.cancel()
+        if conn is not None:
+            conn.close()
+        if handle is not None:
+            await self.launcher.terminate(handle, self.settings.shutdown_grace_s)
+
+    async def _replace_kernel(self, session: Session) -> None:
+        session.state = SessionState.restarting
+        await self._stop_kernel(session)
+        try:
+            await self._start_kernel(session)
+        except errors.GatewayError:
+            session.state = SessionState.dead
+            raise
+        await self.registry.put(session.record(self.settings.instance_id))
+
+    async def restart(self, owner: str, session_id: str) -> SessionInfo:
+        """Fresh interpreter, same id; waits for a running cell's turn (FIFO)."""
+        session = await self._ready(self._find(owner, session_id))
+        async with self._turn(session):
+            await self._replace_kernel(session)
+            session.touch()
+        return session.info()
+
+    async def interrupt(self, owner: str, session_id: str) -> None:
+        session = await self._ready(self._find(owner, session_id))
+        conn = session.conn
+        if conn is None or conn.dead:
+            return
+        session.interrupt_requested = session.lock.locked()
+        with contextlib.suppress(KernelDied, KernelTimeout):
+            await conn.interrupt(self.settings.interrupt_grace_s)
+
+    # ------------------------------------------------------------------ execute
+    @contextlib.asynccontextmanager
+    async def _turn(self, session: Session) -> AsyncIterator[None]:
+        if session.waiting >= self.settings.max_queue_per_session and session.lock.locked():
+            raise errors.QueueFull(
+                f"session {session.id!r} already has {session.waiting} calls waiting; retry later"
+            )
+        session.waiting += 1
+        try:
+            await session.lock.acquire()
+        finally:
+            session.waiting -= 1
+        try:
+            yield
+        finally:
+            session.lock.release()
+
+    def _check_request(self, req: ExecuteRequest) -> float:
+        if len(req.code.encode("utf-8", "surrogatepass")) > self.settings.max_code_bytes:
+            raise errors.PayloadTooLarge(
+                f"code is larger than max_code_bytes={self.settings.max_code_bytes}"
+            )
+        if req.stdin is not None and len(req.stdin) > self.settings.max_stdin_lines:
+            raise errors.ValidationFailed(
+                f"stdin has more than {self.settings.max_stdin_lines} lines"
+            )
+        timeout = req.timeout_s if req.timeout_s is not None else self.settings.default_timeout_s
+        if not math.isfinite(timeout) or not 0 < timeout <= self.settings.max_timeout_s:
+            raise errors.ValidationFailed(
+                f"timeout_s must be > 0 and <= {self.settings.max_timeout_s}"
+            )
+        return timeout
+
+    async def execute(
+        self, owner: str, session_id: str, req: ExecuteRequest, listener: Listener | None = None
+    ) -> ExecuteResult:
+        """Run one cell in the session (created if allowed); FIFO behind earlier calls."""
+        timeout = self._check_request(req)
+        session = await self._get_or_open(owner, session_id)
+        async with self._turn(session):
+            started = time.perf_counter()
+            result = await self._run(session, req, timeout, listener)
+            result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        self.metrics.executes.labels(result.status.value).inc()
+        self.metrics.execute_seconds.observe(result.duration_ms / 1000)
+        return result
+
+    async def _run(
+        self, session: Session, req: ExecuteRequest, timeout: float, listener: Listener | None
+    ) -> ExecuteResult:
+        preserved = True
+        if session.conn is None or session.conn.dead:
+            await self._replace_kernel(session)
+            preserved = False
+        conn = session.conn
+        assert conn is not None
+        collector = OutputCollector(self.settings.max_output_bytes)
+        stdin = list(req.stdin) if req.stdin is not None else None
+
+        def on_message(channel: str, msg: Message) -> None:
+            if channel == "iopub":
+                collector.add(msg["msg_type"], msg["content"])
+            elif channel == "stdin" and msg["msg_type"] == "input_request" and stdin is not None:
+                conn.reply_input(stdin.pop(0) if stdin else EOF_INPUT, msg)
+            if listener is not None:
+                listener(channel, msg)
+
+        session.interrupt_requested = False
+        session.state = SessionState.busy
+        session.touch()
+        status: ExecuteStatus | None = None
+        reply: Message | None = None
+        try:
+            reply = await self._execute_with_deadline(session, conn, req.code, stdin is not None,
+                                                      on_message, timeout)
+            if reply is None:  # the ladder ran: interrupt, then restart if needed
+                status = ExecuteStatus.timeout
+                preserved = preserved and session.conn is conn and not conn.dead
+        except KernelDied:
+            info = session.exit_info
+            status = (ExecuteStatus.memory_exceeded if info and info.oom_killed
+                      else ExecuteStatus.dead)
+            preserved = False
+            if collector.error is None:
+                collector.error = _death_error(info)
+        finally:
+            session.touch()
+            if session.state == SessionState.busy:
+                session.state = SessionState.idle
+        if status is None:
+            status = self._status_of(session, reply, collector)
+        if reply is not None:
+            count = reply["content"].get("execution_count")
+            if isinstance(count, int):
+                session.execution_count = count
+        return ExecuteResult(
+            session_id=session.id,
+            execution_count=session.execution_count,
+            generation=session.generation,
+            status=status,
+            state_preserved=preserved,
+            stdout=collector.stdout_text,
+            stderr=collector.stderr_text,
+            outputs=collector.outputs,
+            error=collector.error,
+            truncated=collector.truncated,
+            duration_ms=0.0,
+        )
+
+    async def _execute_with_deadline(
+        self,
+        session: Session,
+        conn: KernelConnection,
+        code: str,
+        allow_stdin: bool,
+        on_message: Listener,
+        timeout: float,
+    ) -> Message | None:
+        """The reply, or None after a timeout (interrupted, or restarted if that failed)."""
+        for _attempt in range(2):
+            task = asyncio.ensure_future(
+                conn.execute(code, allow_stdin=allow_stdin, on_message=on_message)
+            )
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                return await self._timeout_ladder(session, conn, task)
+            reply = task.result()
+            # right after an interrupt the kernel may abort the next request: send it again
+            if reply["content"].get("status") != "aborted":
+                return reply
+        return reply
+
+    async def _timeout_ladder(
+        self, session: Session, conn: KernelConnection, task: asyncio.Future[Message]
+    ) -> None:
+        grace = self.settings.interrupt_grace_s
+        with contextlib.suppress(KernelDied, KernelTimeout):
+            await conn.interrupt(grace)
+            done, _ = await asyncio.wait({task}, timeout=grace)
+            if done and task.exception() is None:
+                return None
+        task.cancel()
+        log.info("kernel ignored interrupt, restarting session_id=%s", session.id)
+        await self._replace_kernel(session)
+        return None
+
+    @staticmethod
+    def _status_of(
+        session: Session, reply: Message | None, collector: OutputCollector
+    ) -> ExecuteStatus:
+        content = reply["content"] if reply is not None else {}
+        if content.get("status") == "ok":
+            return ExecuteStatus.ok
+        ename = collector.error.ename if collector.error else content.get("ename")
+        if ename == "KeyboardInterrupt" and session.interrupt_requested:
+            return ExecuteStatus.interrupted
+        if ename == "MemoryError":
+            return ExecuteStatus.memory_exceeded
+        if collector.error is None and content.get("status") == "error":
+            collector.error = ErrorInfo(
+                ename=str(content.get("ename", "")), evalue=str(content.get("evalue", "")),
+                traceback=[],
+            )
+        return ExecuteStatus.error
+
+    # ------------------------------------------------------------------ reaper
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval_s)
+            try:
+                await self.reap_once()
+            except Exception:  # one failure must not stop reaping
+                log.exception("reaper pass failed")
+
+    async def reap_once(self) -> int:
+        """Remove idle and over-age sessions; returns how many. Busy sessions are kept."""
+        now = time.monotonic()
+        idle_s, life_s = self.settings.idle_timeout_s, self.settings.max_lifetime_s
+        doomed: list[tuple[Session, str]] = []
+        for session in list(self._sessions.values()):
+            if not session.ready.done():
+                continue
+            if life_s and now - session.created_mono > life_s:
+                doomed.append((session, "lifetime"))
+            elif idle_s and not session.busy and now - session.active_mono > idle_s:
+                doomed.append((session, "idle"))
+        for session, why in doomed:
+            log.info("reaping session_id=%s why=%s", session.id, why)
+            self.metrics.reaped.labels(why).inc()
+            await self._discard(session, remove_files=True)
+        return len(doomed)
+
+
+def _death_error(info: ExitInfo | None) -> ErrorInfo:
+    reason = info.reason if info else "the kernel went away"
+    name = "MemoryLimitExceeded" if info and info.oom_killed else "KernelDied"
+    return ErrorInfo(
+        ename=name,
+        evalue=f"{reason}; variables were lost, the next call starts a fresh interpreter",
+        traceback=[],
+    )

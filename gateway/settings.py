@@ -1,0 +1,128 @@
+"""The one Settings class: environment (``GATEWAY_*``) over an optional TOML file over defaults.
+
+Read once by ``__main__`` and passed down; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway.models import Limits
+
+CONFIG_FILE_ENV = "GATEWAY_CONFIG_FILE"
+
+
+def _default_runtime_dir() -> Path:
+    # Short on purpose: ZMQ ipc socket paths must stay under 107 bytes.
+    return Path(tempfile.gettempdir()) / f"egw-{os.getuid()}"
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Units are in the names (``_s`` seconds, ``_mb`` mebibytes)."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", frozen=True)
+
+    # --- serving
+    host: str = "127.0.0.1"
+    port: int = Field(8888, ge=0, le=65535)
+    public_url: str | None = None  # printed at start-up; defaults to http://host:port/
+    instance_id: str = Field(default_factory=lambda: os.urandom(4).hex())
+
+    # --- auth
+    token: SecretStr | None = None  # one API key; generated and printed if no key is configured
+    keys_file: Path | None = None  # several API keys: lines of "name token"
+    allow_unauthenticated: bool = False  # serve without any token (a warning is logged)
+
+    # --- backends
+    launcher: Literal["local", "docker"] = "local"
+    registry_url: str = "memory://"
+
+    # --- session lifecycle
+    create_on_execute: bool = True  # POST .../execute creates an unknown session
+    max_sessions: int = Field(64, ge=1)
+    max_sessions_per_key: int = Field(16, ge=1)
+    max_queue_per_session: int = Field(16, ge=0)  # waiting calls beyond the running one → 429
+    idle_timeout_s: float = Field(1800.0, ge=0)  # 0 = never reap idle sessions
+    max_lifetime_s: float = Field(0.0, ge=0)  # 0 = no lifetime cap
+    reap_interval_s: float = Field(30.0, gt=0)
+
+    # --- execution
+    default_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
+    max_timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)
+    interrupt_grace_s: float = Field(2.0, gt=0)  # after interrupt, before restart
+    kernel_start_timeout_s: float = Field(30.0, gt=0)
+    shutdown_grace_s: float = Field(2.0, ge=0)  # SIGTERM → SIGKILL
+    max_code_bytes: int = Field(1_000_000, ge=1)
+    max_request_bytes: int = Field(2_000_000, ge=1024)
+    max_output_bytes: int = Field(1_000_000, ge=1024)  # per REST result; beyond → truncated
+    max_stdin_lines: int = Field(1000, ge=0)
+
+    # --- sandbox limits: defaults for new sessions, and the most a session may ask for
+    default_limits: Limits = Limits(memory_mb=512, cpus=1.0, pids=128, disk_mb=64)
+    max_limits: Limits = Limits(memory_mb=4096, cpus=2.0, pids=1024, disk_mb=1024)
+    kernel_env: dict[str, str] = {}  # fixed environment given to every kernel
+    env_allowlist: list[str] = ["LANG", "LC_ALL", "TZ", "PYTHONHASHSEED"]  # keys clients may set
+
+    # --- local launcher
+    runtime_dir: Path = Field(default_factory=_default_runtime_dir)  # socket dirs (keep short)
+    state_dir: Path | None = None  # session working dirs; default <runtime_dir>/work
+    kernel_python: str = sys.executable  # interpreter with ipykernel installed
+    local_network_isolation: bool = True  # own network namespace when the OS allows it
+    local_memory_rlimit: bool = True  # RLIMIT_DATA = memory_mb
+
+    # --- docker launcher
+    docker_image: str = "exec-gateway-kernel:latest"
+    docker_runtime: str | None = None  # e.g. "runsc" for gVisor
+    docker_kernel_uid: int = 1000
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("runtime_dir")
+    @classmethod
+    def _short_runtime_dir(cls, value: Path) -> Path:
+        # <runtime_dir>/<12 hex>/k-<n> must fit the 107-byte AF_UNIX limit.
+        if len(str(value).encode()) > 80:
+            raise ValueError("runtime_dir must be at most 80 bytes long (AF_UNIX path limit)")
+        return value
+
+    @property
+    def work_dir(self) -> Path:
+        return self.state_dir or self.runtime_dir / "work"
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Build settings: environment over ``config_file`` (or ``$GATEWAY_CONFIG_FILE``), a TOML
+        file, over defaults. Raises FileNotFoundError and pydantic.ValidationError."""
+        path = config_file or (Path(p) if (p := os.environ.get(CONFIG_FILE_ENV)) else None)
+        if path is None:
+            return cls(**overrides)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        toml_file = path
+
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            @classmethod
+            def settings_customise_sources(
+                cls,
+                settings_cls: type[BaseSettings],
+                init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_file)
+                return (init_settings, env_settings, toml)
+
+        return _FromFile(**overrides)
