@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +89,19 @@ class KernelConnection:
         self.on_unrouted: Route | None = None
 
     # ----------------------------------------------------------------- lifecycle
-    async def connect(self, timeout_s: float, died: Awaitable[Any] | None = None) -> Message:
+    async def connect(self, timeout_s: float, died: asyncio.Future[Any] | None = None) -> Message:
         """Wait for the kernel's sockets, connect, and handshake; returns the kernel_info reply.
 
-        Raises KernelTimeout if not ready within ``timeout_s``, KernelDied if ``died`` fires.
+        Raises KernelTimeout if not ready within ``timeout_s``, KernelDied if ``died`` resolves
+        (it is only watched, never cancelled).
         """
-        watch = asyncio.ensure_future(died) if died is not None else None
         try:
             async with asyncio.timeout(timeout_s):
-                await self._wait_for_sockets(watch)
+                await self._wait_for_sockets(died)
                 self._open_sockets()
-                return await self._handshake(watch)
+                return await self._handshake(died)
         except TimeoutError as exc:
             raise KernelTimeout(f"kernel not ready after {timeout_s:.1f}s") from exc
-        finally:
-            if watch is not None and not watch.done():
-                watch.cancel()
 
     async def _wait_for_sockets(self, died: asyncio.Future[Any] | None) -> None:
         paths = [self.info.socket_path(c) for c in _SOCKET_TYPES]

@@ -94,6 +94,7 @@ class SessionInfo(BaseModel):
     created_at: datetime
     last_activity: datetime
     execution_count: int
+    queued: int = Field(0, description="calls waiting behind the running one")
     limits: Limits
 
 

@@ -102,6 +102,7 @@ class Session:
             created_at=self.created_at,
             last_activity=self.last_activity,
             execution_count=self.execution_count,
+            queued=self.waiting,
             limits=self.limits,
         )
 
@@ -425,11 +426,12 @@ class SessionManager:
         status: ExecuteStatus | None = None
         reply: Message | None = None
         try:
-            reply = await self._execute_with_deadline(session, conn, req.code, stdin is not None,
-                                                      on_message, timeout)
-            if reply is None:  # the ladder ran: interrupt, then restart if needed
+            reply, timed_out = await self._execute_with_deadline(
+                session, conn, req.code, stdin is not None, on_message, timeout
+            )
+            if timed_out:  # the ladder ran: interrupt, then restart if that failed
                 status = ExecuteStatus.timeout
-                preserved = preserved and session.conn is conn and not conn.dead
+                preserved = preserved and reply is not None
         except KernelDied:
             info = session.exit_info
             status = (ExecuteStatus.memory_exceeded if info and info.oom_killed
@@ -443,7 +445,7 @@ class SessionManager:
                 session.state = SessionState.idle
         if status is None:
             status = self._status_of(session, reply, collector)
-        if reply is not None:
+        if reply is not None and session.conn is conn:
             count = reply["content"].get("execution_count")
             if isinstance(count, int):
                 session.execution_count = count
@@ -469,30 +471,31 @@ class SessionManager:
         allow_stdin: bool,
         on_message: Listener,
         timeout: float,
-    ) -> Message | None:
-        """The reply, or None after a timeout (interrupted, or restarted if that failed)."""
+    ) -> tuple[Message | None, bool]:
+        """(reply, timed_out). After a timeout the reply is the interrupted one, or None if
+        the kernel had to be restarted."""
         for _attempt in range(2):
             task = asyncio.ensure_future(
                 conn.execute(code, allow_stdin=allow_stdin, on_message=on_message)
             )
             done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done:
-                return await self._timeout_ladder(session, conn, task)
+                return await self._timeout_ladder(session, conn, task), True
             reply = task.result()
             # right after an interrupt the kernel may abort the next request: send it again
             if reply["content"].get("status") != "aborted":
-                return reply
-        return reply
+                break
+        return reply, False
 
     async def _timeout_ladder(
         self, session: Session, conn: KernelConnection, task: asyncio.Future[Message]
-    ) -> None:
+    ) -> Message | None:
         grace = self.settings.interrupt_grace_s
         with contextlib.suppress(KernelDied, KernelTimeout):
             await conn.interrupt(grace)
             done, _ = await asyncio.wait({task}, timeout=grace)
             if done and task.exception() is None:
-                return None
+                return task.result()
         task.cancel()
         log.info("kernel ignored interrupt, restarting session_id=%s", session.id)
         await self._replace_kernel(session)

@@ -2,6 +2,7 @@
 # Build the exec-gateway kernel image.
 #
 #   kernel_image/build.sh            # -> exec-gateway-kernel:latest
+#   kernel_image/build.sh --no-cache # extra arguments go to `docker build`
 #
 # Environment:
 #   KERNEL_IMAGE       tag to build                 (default exec-gateway-kernel:latest)
@@ -83,7 +84,8 @@ build_local_base() {
     info "apt sources: ${sources[*]}"
     # python3 + python3-venv is all the kernel needs from Debian: ipykernel and
     # the rest come as wheels into a venv (debugpy from a wheel needs no gdb).
-    as_root mmdebstrap \
+    local log="$tmpdir/mmdebstrap.log"
+    if ! as_root mmdebstrap \
         --quiet \
         --variant=apt \
         --hook-dir="$hookdir" \
@@ -96,13 +98,17 @@ build_local_base() {
         --dpkgopt='path-exclude=/usr/share/locale/*' \
         --dpkgopt='path-exclude=/usr/share/lintian/*' \
         --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
-        "$SUITE" - "${sources[@]}" \
+        "$SUITE" - "${sources[@]}" 2>"$log" \
     | docker import \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["/bin/bash"]' \
         --message "Debian $SUITE + python3, python3-venv (mmdebstrap, exec-gateway kernel_image/build.sh)" \
         - "$KERNEL_LOCAL_BASE" >/dev/null
+    then
+        tail -n 30 "$log" >&2
+        die "building the base with mmdebstrap failed (log above)"
+    fi
 }
 
 tmpdir="$(mktemp -d)"
@@ -168,11 +174,13 @@ log="$tmpdir/docker-build.log"
 if ! docker build --network none \
         --build-arg BASE="$base" \
         -t "$KERNEL_IMAGE" \
+        "$@" \
         -f "$here/Dockerfile" "$here" 2>&1 \
-    | tee "$log" | sed -un -E '/^(Step |Successfully)/s/^/    /p'
+    | tee "$log" | sed -un -E '/^(Step |Successfully)/{s/^(.{100}).+/\1 .../;s/^/    /p}'
 then
+    st="${PIPESTATUS[*]}"
     tail -n 40 "$log" >&2
-    die "docker build failed (log above)"
+    die "docker build failed (log above; exit statuses docker|tee|sed: $st)"
 fi
 
 size="$(docker image inspect -f '{{.Size}}' "$KERNEL_IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"

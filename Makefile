@@ -1,0 +1,48 @@
+# exec-gateway — the two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint bench kernel-image test-deps clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/python setup.cfg pyproject.toml
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e '.[test]'
+	touch $@
+
+## run: install into .venv and serve on 127.0.0.1:8888 (local sandbox, in-memory registry)
+run: $(VENV)/.installed
+	$(VENV)/bin/exec-gateway
+
+## test: install test deps, build what the suite needs, lint, and run the whole suite
+test: $(VENV)/.installed-test test-deps
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/mypy
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-deps: system packages and images the suite uses (installed/built when missing)
+test-deps:
+	bash scripts/test-deps.sh
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/mypy
+
+## kernel-image: build the sandbox image (works with no registry; see kernel_image/README.md)
+kernel-image:
+	bash kernel_image/build.sh
+
+## bench: benchmarks; prints JSON and a table, writes bench/results/latest.json
+bench: $(VENV)/.installed-test
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
