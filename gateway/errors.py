@@ -6,7 +6,7 @@ from typing import Any
 
 
 class GatewayError(Exception):
-    """Root of every error a client may see. ``status`` is the HTTP status, ``code`` the JSON code."""
+    """Root of every error a client may see: ``status`` (HTTP) and ``code`` (JSON)."""
 
     status = 500
     code = "internal_error"

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -68,6 +68,14 @@ def open_socket_path(path: str) -> int:
         os.close(fd)
         raise OSError(f"not a socket: {path}")
     return fd
+
+
+def _collect(got: dict[str, Message], both: asyncio.Future[None], channel: str,
+             msg: Message) -> None:
+    """Handshake route: resolve ``both`` once a shell reply and an iopub message arrived."""
+    got.setdefault(channel, msg)
+    if "shell" in got and "iopub" in got and not both.done():
+        both.set_result(None)
 
 
 class KernelConnection:
@@ -135,15 +143,9 @@ class KernelConnection:
         # kernel_info until both the reply and an iopub message parented to it arrive.
         while True:
             got: dict[str, Message] = {}
-            both = asyncio.get_running_loop().create_future()
-
-            def route(channel: str, msg: Message) -> None:
-                got.setdefault(channel, msg)
-                if "shell" in got and "iopub" in got and not both.done():
-                    both.set_result(None)
-
+            both: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             msg = self.session.msg("kernel_info_request", {})
-            self._routes[msg["header"]["msg_id"]] = route
+            self._routes[msg["header"]["msg_id"]] = functools.partial(_collect, got, both)
             self.session.send(self._sockets["shell"], msg)
             waits: set[asyncio.Future[Any]] = {both, self._dead}
             if died is not None:
@@ -294,7 +296,8 @@ class KernelConnection:
 
     async def interrupt(self, timeout_s: float) -> None:
         """Interrupt the running cell over the control channel. Raises KernelTimeout/KernelDied."""
-        await self.request("control", self.session.msg("interrupt_request", {}), timeout_s=timeout_s)
+        msg = self.session.msg("interrupt_request", {})
+        await self.request("control", msg, timeout_s=timeout_s)
 
     async def shutdown(self, timeout_s: float) -> None:
         """Ask the kernel to exit; best effort within ``timeout_s``."""

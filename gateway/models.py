@@ -1,10 +1,10 @@
-"""Pydantic wire models: requests, results, sessions, errors. The OpenAPI document is built from them."""
+"""Pydantic wire models: requests, results, sessions, errors; the OpenAPI source."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,13 +25,13 @@ class Limits(Request):
     memory_mb: int | None = Field(None, ge=32, description="memory limit (swap included), MiB")
     cpus: float | None = Field(None, gt=0, le=64, allow_inf_nan=False, description="CPU quota")
     pids: int | None = Field(None, ge=32, description="maximum processes and threads")
-    disk_mb: int | None = Field(None, ge=1, description="writable scratch space (/tmp, files), MiB")
+    disk_mb: int | None = Field(None, ge=1, description="writable scratch space, MiB")
 
 
 class CreateSession(Request):
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
     limits: Limits | None = None
-    env: dict[str, str] | None = Field(None, description="kernel environment; allowlisted keys only")
+    env: dict[str, str] | None = Field(None, description="kernel env; allowlisted keys only")
 
 
 class ExecuteRequest(Request):
@@ -40,7 +40,7 @@ class ExecuteRequest(Request):
     stdin: list[str] | None = Field(None, description="answers to input() calls, in order")
 
 
-class ExecuteStatus(str, Enum):
+class ExecuteStatus(StrEnum):
     ok = "ok"
     error = "error"
     timeout = "timeout"
@@ -77,7 +77,7 @@ class ExecuteResult(BaseModel):
     duration_ms: float
 
 
-class SessionState(str, Enum):
+class SessionState(StrEnum):
     starting = "starting"
     idle = "idle"
     busy = "busy"

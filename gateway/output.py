@@ -53,9 +53,8 @@ class OutputCollector:
         elif msg_type in ("execute_result", "display_data"):
             data = content.get("data") or {}
             if self._take(_data_size(data)):
-                self.outputs.append(
-                    Output(type=msg_type, data=data, metadata=content.get("metadata") or {})
-                )
+                metadata = content.get("metadata") or {}
+                self.outputs.append(Output(type=msg_type, data=data, metadata=metadata))  # type: ignore[arg-type]
         elif msg_type == "error":
             traceback = plain_traceback(list(content.get("traceback") or []))
             self.error = ErrorInfo(

@@ -20,7 +20,7 @@ import zmq.asyncio
 from gateway import errors
 from gateway.errors import KernelDied, KernelTimeout
 from gateway.kernel import KernelConnection, Message
-from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, Launcher
+from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec
 from gateway.metrics import Metrics
 from gateway.models import (
     SESSION_ID_RE,
@@ -401,7 +401,7 @@ class SessionManager:
         return result
 
     async def _run(
-        self, session: Session, req: ExecuteRequest, timeout: float, listener: Listener | None
+        self, session: Session, req: ExecuteRequest, timeout_s: float, listener: Listener | None
     ) -> ExecuteResult:
         preserved = True
         if session.conn is None or session.conn.dead:
@@ -427,7 +427,7 @@ class SessionManager:
         reply: Message | None = None
         try:
             reply, timed_out = await self._execute_with_deadline(
-                session, conn, req.code, stdin is not None, on_message, timeout
+                session, conn, req.code, stdin is not None, on_message, timeout_s
             )
             if timed_out:  # the ladder ran: interrupt, then restart if that failed
                 status = ExecuteStatus.timeout
@@ -470,7 +470,7 @@ class SessionManager:
         code: str,
         allow_stdin: bool,
         on_message: Listener,
-        timeout: float,
+        timeout_s: float,
     ) -> tuple[Message | None, bool]:
         """(reply, timed_out). After a timeout the reply is the interrupted one, or None if
         the kernel had to be restarted."""
@@ -478,7 +478,7 @@ class SessionManager:
             task = asyncio.ensure_future(
                 conn.execute(code, allow_stdin=allow_stdin, on_message=on_message)
             )
-            done, _ = await asyncio.wait({task}, timeout=timeout)
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
             if not done:
                 return await self._timeout_ladder(session, conn, task), True
             reply = task.result()

@@ -85,7 +85,12 @@ class Settings(BaseSettings):
     # --- docker launcher
     docker_image: str = "exec-gateway-kernel:latest"
     docker_runtime: str | None = None  # e.g. "runsc" for gVisor
-    docker_kernel_uid: int = 1000
+    docker_host: str | None = None  # engine URL; None = the SDK's default (DOCKER_HOST, socket)
+    docker_api_timeout_s: float = Field(30.0, gt=0)  # deadline of each engine API call
+    docker_kernel_uid: int = Field(1000, ge=1)  # the kernel's uid in the container (never 0)
+    # the kernel's group when the gateway runs as root (otherwise the gateway's own gid, so
+    # the gateway can reach the kernel's sockets through the setgid socket directory)
+    docker_kernel_gid: int = Field(1000, ge=1)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from http.client import responses
 from typing import Any, TypeVar
 
 import pydantic
-from tornado import httputil, web
+from tornado import web
 
 from gateway import errors
 from gateway.auth import Auth
-from gateway.metrics import Metrics
-from gateway.registry import Registry
 from gateway.launchers import Launcher
+from gateway.metrics import Metrics
 from gateway.models import ErrorBody, ErrorDetail
+from gateway.registry import Registry
 from gateway.sessions import SessionManager
 from gateway.settings import Settings
 
@@ -97,7 +98,7 @@ class ApiHandler(web.RequestHandler):
             self._chunks.append(chunk)
 
     def body(self, model: type[M], *, empty_ok: bool = False) -> M:
-        """The request body parsed as ``model``. Raises PayloadTooLarge, InvalidJSON, ValidationFailed."""
+        """The body parsed as ``model``. Raises PayloadTooLarge, InvalidJSON, ValidationFailed."""
         limit = self.services.settings.max_request_bytes
         if self._received > limit:
             raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
@@ -125,9 +126,9 @@ class ApiHandler(web.RequestHandler):
         elif isinstance(exc, web.HTTPError):
             status = exc.status_code
             code = _CODES.get(status, "http_error")
-            message = exc.log_message or httputil.responses.get(status, "error")
+            message = exc.log_message or responses.get(status, "error")
             if "%" in message and exc.args:
-                message = httputil.responses.get(status, "error")
+                message = responses.get(status, "error")
             details = None
         else:
             status, code, message, details = 500, "internal_error", "internal error", None

@@ -87,7 +87,7 @@ def make_launcher(settings: Settings) -> Launcher:
     if settings.launcher == "docker":
         from gateway.launchers.docker import DockerLauncher
 
-        return DockerLauncher(settings)
+        return DockerLauncher(settings)  # type: ignore[no-any-return]
     from gateway.launchers.local import LocalLauncher
 
     return LocalLauncher(settings)

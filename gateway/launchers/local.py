@@ -63,7 +63,9 @@ class LocalLauncher:
 
     async def check(self) -> None:
         if not Path(self._settings.kernel_python).exists():
-            raise LauncherUnavailable(f"kernel interpreter not found: {self._settings.kernel_python}")
+            raise LauncherUnavailable(
+                f"kernel interpreter not found: {self._settings.kernel_python}"
+            )
         try:
             self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -133,7 +135,7 @@ class LocalLauncher:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=lambda: self._preexec(spec),  # noqa: PLW1509
+                preexec_fn=lambda: self._preexec(spec),
             )
         except OSError as exc:
             shutil.rmtree(socket_dir, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""exec-gateway under test: its process (``python -m gateway``) and its REST API v1 client."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.http_client import HttpConnection, HttpError
+from bench.procs import ProcessTracker, free_port
+from bench.target import CALL_TIMEOUT_S, BenchError, ExecOutput
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class GatewayProcess:
+    """A running gateway on 127.0.0.1 with one API token."""
+
+    port: int
+    token: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    home: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connection(self) -> HttpConnection:
+        return HttpConnection("127.0.0.1", self.port, {"Authorization": f"Bearer {self.token}"})
+
+
+async def start_gateway(tracker: ProcessTracker, log_path: Path,
+                        settings: dict[str, str]) -> GatewayProcess:
+    """Start ``python -m gateway`` (local launcher, memory registry) with ``GATEWAY_*``
+    ``settings``; returns once /healthz answers. Raises BenchError."""
+    port, token = free_port(), secrets.token_urlsafe(24)
+    home = Path(tempfile.mkdtemp(prefix="bng-", dir="/tmp"))  # short: ipc path limit
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_TOKEN": token,
+        "GATEWAY_LAUNCHER": "local",
+        "GATEWAY_REGISTRY_URL": "memory://",
+        "GATEWAY_RUNTIME_DIR": str(home / "rt"),
+        "GATEWAY_KERNEL_PYTHON": sys.executable,
+        **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
+    }
+    proc = tracker.spawn([sys.executable, "-m", "gateway"], env=env, cwd=ROOT, log_path=log_path)
+    gw = GatewayProcess(port, token, proc, log_path, home)
+    conn = gw.connection()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(f"gateway exited with {proc.returncode}; see {log_path}")
+            try:
+                if (await conn.request("GET", "/healthz")).status == 200:
+                    return gw
+            except HttpError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"gateway not healthy after {START_TIMEOUT_S}s; see {log_path}")
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+async def stop_gateway(tracker: ProcessTracker, gw: GatewayProcess) -> None:
+    """SIGTERM (the gateway stops its kernels), bounded wait, then kill what is left."""
+    await asyncio.to_thread(tracker.stop, gw.proc, 20.0)
+    shutil.rmtree(gw.home, ignore_errors=True)
+
+
+class RestSession:
+    """One gateway session, reached over its own keep-alive connection."""
+
+    def __init__(self, gw: GatewayProcess, session_id: str) -> None:
+        self.session_id = session_id
+        self._conn = gw.connection()
+        self._execute_path = f"/v1/sessions/{session_id}/execute"
+
+    async def create(self) -> None:
+        try:
+            r = await self._conn.request("POST", "/v1/sessions", {"session_id": self.session_id})
+        except HttpError as exc:
+            raise BenchError(f"create session: {exc}") from exc
+        if r.status != 201:
+            raise BenchError(f"create session: HTTP {r.status}: {r.body[:300]!r}")
+
+    async def execute(self, code: str) -> ExecOutput:
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                r = await self._conn.request("POST", self._execute_path, {"code": code})
+        except (TimeoutError, HttpError) as exc:
+            raise BenchError(f"REST execute: {exc!r}") from exc
+        if r.status != 200:
+            raise BenchError(f"REST execute: HTTP {r.status}: {r.body[:300]!r}")
+        result = r.json()
+        if result["status"] != "ok":
+            raise BenchError(f"REST execute: status {result['status']}: {result.get('error')}")
+        outputs = result["outputs"]
+        text = outputs[0]["data"].get("text/plain", "") if outputs else ""
+        return ExecOutput(text=text, stdout=result["stdout"])
+
+    async def close(self) -> None:
+        try:
+            async with asyncio.timeout(30):
+                await self._conn.request("DELETE", f"/v1/sessions/{self.session_id}")
+        except (TimeoutError, HttpError):
+            pass  # the gateway's own shutdown stops the kernel
+        await self._conn.close()
+
+
+class RestTarget:
+    """Sessions created with ``POST /v1/sessions`` and driven with ``POST .../execute``."""
+
+    name = "gateway_rest"
+
+    def __init__(self, gw: GatewayProcess) -> None:
+        self.gw = gw
+        self.server_pid: int | None = gw.pid
+
+    async def start(self) -> RestSession:
+        session = RestSession(self.gw, f"bench-{secrets.token_hex(6)}")
+        try:
+            await session.create()
+        except BenchError:
+            await session.close()
+            raise
+        return session

@@ -1,0 +1,520 @@
+"""DockerLauncher: each kernel in its own locked-down container (the production sandbox).
+
+One container per kernel launch, created with the docker SDK (every blocking call in a
+thread, every call bounded by ``docker_api_timeout_s``): non-root, no network, read-only
+root, size-capped tmpfs ``/tmp`` and ``/work``, no capabilities, ``no-new-privileges``, pids,
+memory (swap equal) and CPU limits, an init process, and one host path only: the session's
+socket directory, mounted at ``/kernel``. Deaths are learnt from ONE engine event stream
+(``die``/``oom``) read by a background thread, then the container is inspected for why.
+
+Socket permissions: the socket directory belongs to the gateway's uid and to a group the
+kernel runs with (the gateway's own gid, or ``docker_kernel_gid`` when the gateway is root),
+setgid, mode 2770; the kernel's ``umask 007`` makes its sockets group read/write. Once the
+five sockets exist the directory goes to 2750, so the kernel cannot write to the host.
+
+Workspace: ``/work`` is a tmpfs that dies with the container; nothing of a session outlives
+its container, so ``remove_workspace`` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import LogConfig, Mount, Ulimit
+
+from gateway.errors import GatewayError, KernelStartFailed, LauncherUnavailable
+from gateway.kernel import ConnectionInfo
+from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LABEL_MANAGED = "exec-gateway.managed"  # "true" on every container this project creates
+LABEL_GATEWAY = "exec-gateway.gateway"  # settings.instance_id of the creating gateway
+LABEL_PROCESS = "exec-gateway.gateway_process"  # boot id / pid namespace / pid / start time
+LABEL_SESSION = "exec-gateway.session_id"
+LABEL_KERNEL = "exec-gateway.kernel_id"
+LABEL_OWNER = "exec-gateway.owner"  # the API key's name, never its token
+LABEL_SOCKET_DIR = "exec-gateway.socket_dir"
+
+KERNEL_DIR = "/kernel"  # where the socket directory appears inside the container
+_SOCKET_NAMES = tuple(f"k-{n}" for n in range(1, 6))
+_DIR_OPEN = 0o2770  # setgid: the kernel's sockets join the directory's group
+_DIR_LOCKED = 0o2750  # after start-up: the kernel may connect, not create
+_LOG_MAX = "1m"  # the container's stdout/stderr log on the host; a kernel may print a lot
+
+# Errors that mean "the engine cannot be reached", as opposed to "it refused this request".
+_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
+def _process_identity() -> str:
+    """``boot_id/pidns/pid/starttime`` of this process: lets a later gateway on this machine
+    tell that the gateway which created a container is gone (pids are reused; start times
+    and boot ids are not)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pidns = os.readlink("/proc/self/ns/pid")
+        return f"{boot}/{pidns}/{os.getpid()}/{_start_time(os.getpid())}"
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _process_gone(identity: str) -> bool:
+    """True only when ``identity`` names a process of this boot and pid namespace that no
+    longer runs; anything we cannot tell counts as alive."""
+    parts = identity.split("/")
+    if len(parts) != 4:
+        return False
+    ours = _process_identity().split("/")
+    if len(ours) != 4 or parts[:2] != ours[:2]:
+        return False
+    try:
+        return _start_time(int(parts[2])) != parts[3]
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def _exit_info(exit_code: int | None, oom_killed: bool) -> ExitInfo:
+    """Exit status of the container's init: 128+N means the kernel died of signal N."""
+    if oom_killed:
+        return ExitInfo(exit_code=exit_code, oom_killed=True)
+    if exit_code is not None and 128 < exit_code < 128 + 65:
+        return ExitInfo(exit_code=exit_code, signal=exit_code - 128)
+    return ExitInfo(exit_code=exit_code)
+
+
+class DockerLauncher:
+    name = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._runtime_dir = settings.runtime_dir
+        self._client: docker.DockerClient | None = None
+        self._start_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exits: dict[str, asyncio.Future[ExitInfo]] = {}  # container id → its exit
+        self._oom_seen: set[str] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._events: Any = None  # the open docker CancellableStream
+        self._events_thread: threading.Thread | None = None
+        self._events_subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._identity = _process_identity()
+
+    # ------------------------------------------------------------------ engine
+    def _connect(self) -> docker.DockerClient:
+        timeout = self._settings.docker_api_timeout_s
+        try:
+            if self._settings.docker_host:
+                client = docker.DockerClient(base_url=self._settings.docker_host, timeout=timeout)
+            else:
+                client = docker.DockerClient.from_env(timeout=timeout)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise LauncherUnavailable(f"cannot reach the Docker engine: {exc}") from exc
+        return client
+
+    async def _ready(self) -> docker.DockerClient:
+        """The shared client, with the event stream running (so no death is missed)."""
+        if self._client is not None and self._events_subscribed.is_set():
+            return self._client
+        async with self._start_lock:
+            if self._client is None:
+                self._client = await asyncio.to_thread(self._connect)
+            if self._events_thread is None:
+                self._loop = asyncio.get_running_loop()
+                self._events_thread = threading.Thread(
+                    target=self._read_events, name="docker-events", daemon=True
+                )
+                self._events_thread.start()
+            deadline_s = self._settings.docker_api_timeout_s
+            if not await asyncio.to_thread(self._events_subscribed.wait, deadline_s):
+                raise LauncherUnavailable("the Docker engine's event stream did not open")
+            return self._client
+
+    async def check(self) -> None:
+        client = await self._ready()
+        image = self._settings.docker_image
+        try:
+            await asyncio.to_thread(client.api.inspect_image, image)
+        except docker.errors.ImageNotFound as exc:
+            raise LauncherUnavailable(
+                f"image {image} not found: run `make kernel-image`"
+            ) from exc
+        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            raise LauncherUnavailable(f"cannot reach the Docker engine: {exc}") from exc
+        try:
+            self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LauncherUnavailable(f"cannot create runtime directories: {exc}") from exc
+
+    # ------------------------------------------------------------------ events
+    def _read_events(self) -> None:
+        """Background thread: follow die/oom events of this gateway's containers; reconnect
+        (replaying from the last event seen) if the stream breaks."""
+        assert self._client is not None
+        filters = {
+            "type": "container",
+            "event": ["die", "oom"],
+            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_GATEWAY}={self._settings.instance_id}"],
+        }
+        since: int | None = None
+        backoff_s = 0.1
+        while not self._stopping.is_set():
+            try:
+                stream = self._client.api.events(filters=filters, since=since, decode=True)
+            except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+                log.warning("docker event stream unavailable, retrying: %s", exc)
+                self._stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 2.0)
+                continue
+            self._events = stream
+            reconnected = self._events_subscribed.is_set()
+            self._events_subscribed.set()
+            backoff_s = 0.1
+            if reconnected:  # deaths during the gap: ask the engine about every kernel
+                self._post(self._reconcile)
+            try:
+                for event in stream:
+                    since = int(event.get("time", time.time()))
+                    self._post(self._on_event, event)
+            except (docker.errors.DockerException, *_UNREACHABLE, OSError, ValueError) as exc:
+                if not self._stopping.is_set():
+                    log.warning("docker event stream broke, reconnecting: %s", exc)
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def _post(self, func: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(func, *args)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        action = event.get("Action") or event.get("status")
+        actor = event.get("Actor") or {}
+        container_id = actor.get("ID") or event.get("id", "")
+        if action == "oom":
+            self._oom_seen.add(container_id)
+        elif action == "die" and container_id in self._exits:
+            code = actor.get("Attributes", {}).get("exitCode")
+            fallback = int(code) if code is not None and str(code).isdigit() else None
+            self._spawn(self._resolve_exit(container_id, fallback))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # a reference, so the task is not collected mid-way
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve_exit(self, container_id: str, fallback_code: int | None) -> None:
+        """The container stopped: read why (OOMKilled, exit code) and wake its waiters."""
+        exited = self._exits.get(container_id)
+        if exited is None or exited.done():
+            return
+        state = await self._state(container_id)
+        if state is not None and state.get("Running"):
+            return  # a stale or replayed event
+        code = state.get("ExitCode", fallback_code) if state else fallback_code
+        oom = bool(state and state.get("OOMKilled")) or container_id in self._oom_seen
+        # an OOM kill of some child process does not make a later exit(1) an OOM death
+        info = _exit_info(code, oom and code == 128 + signal.SIGKILL)
+        self._oom_seen.discard(container_id)
+        if not exited.done():
+            exited.set_result(info)
+
+    async def _state(self, container_id: str) -> dict[str, Any] | None:
+        """``State`` of the container, or None if it is gone or the engine did not answer."""
+        assert self._client is not None
+        try:
+            attrs = await asyncio.to_thread(self._client.api.inspect_container, container_id)
+        except (docker.errors.DockerException, *_UNREACHABLE):
+            return None
+        state: dict[str, Any] = attrs.get("State") or {}
+        return state
+
+    def _reconcile(self) -> None:
+        for container_id, exited in list(self._exits.items()):
+            if not exited.done():
+                self._spawn(self._resolve_exit(container_id, None))
+
+    # ------------------------------------------------------------------ launch
+    def _socket_dir(self) -> tuple[Path, int]:
+        """Make a fresh socket directory; returns it and the gid the kernel must run with."""
+        self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self._runtime_dir / secrets.token_hex(6)
+        path.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            # root reaches any socket; give the kernel a group of its own, never gid 0
+            os.chown(path, 0, self._settings.docker_kernel_gid)
+        os.chmod(path, _DIR_OPEN)  # after chown, which clears the setgid bit
+        return path, os.stat(path).st_gid
+
+    @staticmethod
+    def _write_connection_file(socket_dir: Path, info: ConnectionInfo) -> None:
+        # read-only for the kernel (group), written before the kernel exists
+        fd = os.open(socket_dir / "connection.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info.with_ip(f"{KERNEL_DIR}/k").model_dump(), fh)
+
+    def _labels(self, spec: LaunchSpec, socket_dir: Path) -> dict[str, str]:
+        return {
+            LABEL_MANAGED: "true",
+            LABEL_GATEWAY: self._settings.instance_id,
+            LABEL_PROCESS: self._identity,
+            LABEL_SESSION: spec.session_id,
+            LABEL_KERNEL: spec.kernel_id,
+            LABEL_OWNER: spec.owner,
+            LABEL_SOCKET_DIR: str(socket_dir),
+        }
+
+    def _create(self, spec: LaunchSpec, socket_dir: Path, gid: int) -> str:
+        """Create (not start) the container; returns its id. Runs in a thread."""
+        assert self._client is not None
+        api = self._client.api
+        limits = spec.limits
+        disk = f"size={limits.disk_mb}m" if limits.disk_mb else ""
+        uid = self._settings.docker_kernel_uid
+        host_config = api.create_host_config(
+            network_mode="none",
+            read_only=True,
+            tmpfs={
+                "/tmp": f"rw,nosuid,nodev,mode=1777,{disk}".rstrip(","),
+                "/work": f"rw,nosuid,nodev,uid={uid},gid={gid},mode=0700,{disk}".rstrip(","),
+            },
+            shm_size=f"{limits.disk_mb}m" if limits.disk_mb else None,
+            mounts=[Mount(target=KERNEL_DIR, source=str(socket_dir), type="bind")],
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            pids_limit=limits.pids,
+            mem_limit=f"{limits.memory_mb}m" if limits.memory_mb else None,
+            memswap_limit=f"{limits.memory_mb}m" if limits.memory_mb else None,
+            nano_cpus=int(limits.cpus * 1e9) if limits.cpus else None,
+            init=True,
+            ulimits=[Ulimit(name="core", soft=0, hard=0)],
+            log_config=LogConfig(type="json-file", config={"max-size": _LOG_MAX, "max-file": "1"}),
+            runtime=self._settings.docker_runtime,
+        )
+        env = {
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            **self._settings.kernel_env,
+            **spec.env,
+        }
+        created = api.create_container(
+            self._settings.docker_image,
+            name=f"egw-{self._settings.instance_id}-{socket_dir.name}",
+            hostname="sandbox",
+            user=f"{uid}:{gid}",
+            working_dir="/work",
+            environment=env,
+            labels=self._labels(spec, socket_dir),
+            host_config=host_config,
+            network_disabled=True,
+        )
+        return str(created["Id"])
+
+    async def launch(self, spec: LaunchSpec) -> KernelHandle:
+        """Start the kernel's container and return once its sockets exist (the directory is then
+        locked). Raises LauncherUnavailable (engine, image) or KernelStartFailed."""
+        client = await self._ready()
+        try:
+            socket_dir, gid = await asyncio.to_thread(self._socket_dir)
+        except OSError as exc:
+            raise KernelStartFailed(f"cannot create the socket directory: {exc}") from exc
+        info = ConnectionInfo.for_ipc(str(socket_dir / "k"))
+        container_id: str | None = None
+        try:
+            await asyncio.to_thread(self._write_connection_file, socket_dir, info)
+            container_id = await asyncio.to_thread(self._create, spec, socket_dir, gid)
+            exited = self._watch(container_id)
+            await asyncio.to_thread(client.api.start, container_id)
+            await self._wait_for_sockets(socket_dir, exited)
+            await asyncio.to_thread(os.chmod, socket_dir, _DIR_LOCKED)
+        except BaseException as exc:
+            await self._discard(container_id, socket_dir)
+            translated = _launch_error(exc, self._settings.docker_image)
+            if translated is None:
+                raise
+            raise translated from exc
+        log.info("kernel started session_id=%s container=%s", spec.session_id, container_id[:12])
+        return KernelHandle(
+            launcher=self.name,
+            kernel_id=spec.kernel_id,
+            session_id=spec.session_id,
+            ref=container_id,
+            socket_dir=str(socket_dir),
+            connection=info,
+            extra={"image": self._settings.docker_image},
+        )
+
+    async def _wait_for_sockets(self, socket_dir: Path, exited: asyncio.Future[ExitInfo]) -> None:
+        paths = [socket_dir / name for name in _SOCKET_NAMES]
+        delay_s = 0.002
+        async with asyncio.timeout(self._settings.kernel_start_timeout_s):
+            while not all(os.path.lexists(p) for p in paths):
+                if exited.done():
+                    raise _KernelExited(exited.result())
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 0.02)
+
+    def _watch(self, container_id: str) -> asyncio.Future[ExitInfo]:
+        exited = self._exits.get(container_id)
+        if exited is None:
+            exited = asyncio.get_running_loop().create_future()
+            self._exits[container_id] = exited
+        return exited
+
+    async def _discard(self, container_id: str | None, socket_dir: Path) -> None:
+        """Best-effort cleanup after a failed launch."""
+        if container_id is not None:
+            self._exits.pop(container_id, None)
+            with contextlib.suppress(Exception):
+                await self._remove(container_id)
+        await asyncio.to_thread(shutil.rmtree, socket_dir, True)
+
+    # ------------------------------------------------------------------ watch / stop
+    async def wait_exit(self, handle: KernelHandle) -> ExitInfo:
+        exited = self._exits.get(handle.ref)
+        if exited is None:  # not started by this process: ask the engine once, then events
+            await self._ready()
+            exited = self._watch(handle.ref)
+            state = await self._state(handle.ref)
+            if (state is None or not state.get("Running")) and not exited.done():
+                code = state.get("ExitCode") if state else None
+                exited.set_result(_exit_info(code, bool(state and state.get("OOMKilled"))))
+        return await asyncio.shield(exited)
+
+    async def _remove(self, container_id: str) -> None:
+        assert self._client is not None
+        try:
+            await asyncio.to_thread(self._client.api.remove_container, container_id, force=True,
+                                    v=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # removal already in progress
+                return
+            raise
+
+    async def terminate(self, handle: KernelHandle, grace_s: float) -> None:
+        """SIGTERM (through the container's init), ``grace_s``, SIGKILL; then remove the container
+        and the socket directory. Idempotent; never raises for a container already gone."""
+        container_id = handle.ref
+        exited = self._exits.get(container_id)
+        try:
+            client = await self._ready()
+            if grace_s > 0 and not (exited is not None and exited.done()):
+                with contextlib.suppress(docker.errors.NotFound):
+                    await asyncio.to_thread(client.api.stop, container_id,
+                                            timeout=math.ceil(grace_s))
+            await self._remove(container_id)
+        except (docker.errors.DockerException, LauncherUnavailable, *_UNREACHABLE) as exc:
+            # the container stays behind, labelled: the next start-up removes it
+            log.warning("could not remove container=%s: %s", container_id[:12], exc)
+        finally:
+            self._exits.pop(container_id, None)
+            self._oom_seen.discard(container_id)
+            if exited is not None and not exited.done():
+                exited.set_result(ExitInfo(signal=signal.SIGKILL))
+            await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
+
+    async def remove_workspace(self, handle: KernelHandle) -> None:
+        return None  # /work was a tmpfs of the container: gone with it
+
+    # ------------------------------------------------------------------ orphans
+    async def list_ours(self) -> list[dict[str, Any]]:
+        """Every container (running or not) carrying this project's label, as the engine's
+        summaries (``Id``, ``Labels``, ``State``...). Raises LauncherUnavailable."""
+        client = await self._ready()
+        try:
+            found: list[dict[str, Any]] = await asyncio.to_thread(
+                client.api.containers, all=True, filters={"label": f"{LABEL_MANAGED}=true"}
+            )
+        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            raise LauncherUnavailable(f"cannot list containers: {exc}") from exc
+        return found
+
+    def _orphaned(self, labels: dict[str, str]) -> bool:
+        """Ours to remove: made by a gateway with this instance id (an earlier run of this one;
+        no record claims it while the registry is per process), or by a gateway process on this
+        machine that is gone. A live gateway's containers are never touched."""
+        if labels.get(LABEL_GATEWAY) == self._settings.instance_id:
+            return True
+        return _process_gone(labels.get(LABEL_PROCESS, ""))
+
+    async def adopt(self) -> list[KernelHandle]:
+        """Remove orphaned containers (and their socket directories); adopts none yet."""
+        removed = 0
+        for summary in await self.list_ours():
+            labels = summary.get("Labels") or {}
+            if not self._orphaned(labels):
+                continue
+            with contextlib.suppress(docker.errors.DockerException, *_UNREACHABLE):
+                await self._remove(summary["Id"])
+                removed += 1
+            socket_dir = Path(labels.get(LABEL_SOCKET_DIR, ""))
+            if socket_dir.parent == self._runtime_dir and socket_dir.name:
+                await asyncio.to_thread(shutil.rmtree, socket_dir, True)
+        if removed:
+            log.info("removed orphaned kernel containers count=%d", removed)
+        return []
+
+    async def close(self) -> None:
+        self._stopping.set()
+        stream, thread = self._events, self._events_thread
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(stream.close)
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 5.0)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._client.close)
+        for exited in self._exits.values():
+            if not exited.done():
+                exited.cancel()
+
+
+class _KernelExited(Exception):
+    def __init__(self, info: ExitInfo) -> None:
+        super().__init__(info.reason)
+        self.info = info
+
+
+def _launch_error(exc: BaseException, image: str) -> GatewayError | None:
+    """Translate a failed launch into what the client should see; None: re-raise as is."""
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return LauncherUnavailable(f"image {image} not found: run `make kernel-image`")
+    if isinstance(exc, _UNREACHABLE):
+        return LauncherUnavailable(f"cannot reach the Docker engine: {exc}")
+    if isinstance(exc, docker.errors.APIError):
+        return KernelStartFailed(f"the Docker engine refused the kernel container: "
+                                 f"{exc.explanation or exc}")
+    if isinstance(exc, _KernelExited):
+        return KernelStartFailed(f"the kernel container stopped during start-up: {exc}")
+    if isinstance(exc, TimeoutError):
+        return KernelStartFailed("the kernel did not open its sockets in time")
+    if isinstance(exc, OSError):
+        return KernelStartFailed(f"cannot prepare the kernel's socket directory: {exc}")
+    return None

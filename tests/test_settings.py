@@ -1,0 +1,47 @@
+"""Settings: env over TOML over defaults; the example config documents every setting."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from gateway.settings import Settings
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml"
+
+
+def test_example_config_documents_every_setting() -> None:
+    text = EXAMPLE.read_text()
+    documented = set(re.findall(r"^#? ?([a-z_]+) = ", text, re.MULTILINE))
+    assert set(Settings.model_fields) - documented == set()
+
+
+def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings.load(EXAMPLE)
+    assert settings.port == 8888 and settings.default_limits.memory_mb == 512
+
+
+def test_environment_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "g.toml"
+    config.write_text('port = 9000\nidle_timeout_s = 5\n')
+    monkeypatch.setenv("GATEWAY_PORT", "9001")
+    settings = Settings.load(config)
+    assert settings.port == 9001 and settings.idle_timeout_s == 5
+
+
+def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "g.toml"
+    config.write_text('prot = 9000\n')
+    with pytest.raises(pydantic.ValidationError):
+        Settings.load(config)
+    with pytest.raises(pydantic.ValidationError):
+        Settings(default_timeout_s=float("nan"))
+    with pytest.raises(pydantic.ValidationError):
+        Settings(runtime_dir=Path("/tmp/" + "x" * 100))
+
+
+def test_token_is_secret_in_repr() -> None:
+    assert "hunter2hunter2" not in repr(Settings(token="hunter2hunter2"))
