@@ -51,7 +51,10 @@ class HttpConnection:
 
     async def request(self, method: str, path: str, body: Any = None) -> Response:
         """Send one request (``body`` is JSON-encoded unless already bytes). Raises HttpError."""
-        data = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+        if isinstance(body, bytes):
+            data = body
+        else:
+            data = b"" if body is None else json.dumps(body).encode()
         head = f"{method} {path} HTTP/1.1\r\n{self._fixed}"
         if data or method in ("POST", "PUT", "PATCH"):
             head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"

@@ -29,30 +29,38 @@ def _kg_exe(venv: Path) -> Path:
     return venv / "bin" / "jupyter-kernelgateway"
 
 
-async def ensure_venv(venv: Path, log_path: Path) -> str:
-    """Create ``venv`` with jupyter_kernel_gateway if missing; returns the installed KG version.
-    Raises BenchError."""
+def _install(venv: Path, log_path: Path) -> None:
+    """Blocking: make the venv and pip-install KG and our ipykernel version into it."""
     python = venv / "bin" / "python"
-    if not _kg_exe(venv).exists():
-        ipykernel = f"ipykernel=={version('ipykernel')}"
-        steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
-                 [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                  "jupyter_kernel_gateway", ipykernel]]
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "wb") as log:
-            for argv in steps:
-                print(f"bench: {' '.join(argv)}", file=sys.stderr, flush=True)
-                done = await asyncio.to_thread(subprocess.run, argv, stdout=log,
-                                               stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S)
-                if done.returncode != 0:
-                    raise BenchError(f"{argv[0]} failed ({done.returncode}); see {log_path}")
-    probe = [str(python), "-c", "import importlib.metadata as m; "
+    steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
+             [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+              "jupyter_kernel_gateway", f"ipykernel=={version('ipykernel')}"]]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        for argv in steps:
+            print(f"bench: {' '.join(argv)}", file=sys.stderr, flush=True)
+            done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=INSTALL_TIMEOUT_S, check=False)
+            if done.returncode != 0:
+                raise BenchError(f"{argv[0]} failed ({done.returncode}); see {log_path}")
+
+
+def _installed_versions(venv: Path) -> str:
+    probe = [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; "
              "print(m.version('jupyter_kernel_gateway'), m.version('ipykernel'))"]
-    done = await asyncio.to_thread(subprocess.run, probe, capture_output=True, text=True)
+    done = subprocess.run(probe, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"kernel gateway venv is broken: {done.stderr.strip()}")
-    kg, ipk = done.stdout.split()
-    return f"jupyter_kernel_gateway {kg}, ipykernel {ipk}"
+    kg, ipykernel = done.stdout.split()
+    return f"jupyter_kernel_gateway {kg}, ipykernel {ipykernel}"
+
+
+async def ensure_venv(venv: Path, log_path: Path) -> str:
+    """Create ``venv`` with jupyter_kernel_gateway if missing; returns the installed versions.
+    Raises BenchError."""
+    if not _kg_exe(venv).exists():
+        await asyncio.to_thread(_install, venv, log_path)
+    return await asyncio.to_thread(_installed_versions, venv)
 
 
 @dataclass

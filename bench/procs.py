@@ -44,16 +44,16 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def pss_bytes(pid: int) -> int | None:
-    """Proportional set size of ``pid`` in bytes (shared pages split among sharers), or None."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return None
+def memory_kb(pid: int) -> dict[str, int]:
+    """``rss`` (shared pages in full), ``pss`` (shared pages split among sharers) and ``uss``
+    (pages only this process has) of ``pid``, in KiB, from /proc/<pid>/smaps_rollup."""
+    fields = {"Rss:": "rss", "Pss:": "pss", "Private_Clean:": "uss", "Private_Dirty:": "uss"}
+    out = {"rss": 0, "pss": 0, "uss": 0}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] in fields:
+            out[fields[parts[0]]] += int(parts[1])
+    return out
 
 
 def cmdline(pid: int) -> list[str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from typing import Any
 
 from tornado import httpserver, iostream, web
+from tornado.log import access_log
 
 from gateway.auth import Auth
-from gateway.handlers import meta, rest
+from gateway.handlers import meta, rest, ws
 from gateway.handlers.base import NotFoundHandler, Services
 from gateway.launchers import make_launcher
 from gateway.metrics import Metrics
@@ -43,10 +45,12 @@ def make_app(services: Services) -> web.Application:
         (rf"/v1/sessions/{SID}/execute", rest.ExecuteHandler, deps),
         (rf"/v1/sessions/{SID}/interrupt", rest.InterruptHandler, deps),
         (rf"/v1/sessions/{SID}/restart", rest.RestartHandler, deps),
+        (rf"/v1/sessions/{SID}/ws", ws.SessionSocket, deps),
         (r"/v1/openapi.json", meta.OpenAPIHandler, deps),
         (r"/healthz", meta.HealthHandler, deps),
         (r"/readyz", meta.ReadyHandler, deps),
         (r"/metrics", meta.MetricsHandler, deps),
+        (r"/", meta.PageHandler),
     ]
     return web.Application(
         routes,
@@ -54,7 +58,19 @@ def make_app(services: Services) -> web.Application:
         default_handler_args=deps,
         static_path=str(STATIC_DIR),
         compress_response=False,
+        websocket_max_message_size=services.settings.ws_max_message_bytes,
+        websocket_ping_interval=services.settings.ws_ping_interval_s or None,
+        websocket_ping_timeout=services.settings.ws_ping_interval_s or None,
+        log_function=log_request,
     )
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Access log without the query string: browsers and Jupyter clients put tokens there."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING
+    access_log.log(level, "%d %s %s %.2fms", status, handler.request.method,
+                   handler.request.path, 1000.0 * handler.request.request_time())
 
 
 class HTTPServer(httpserver.HTTPServer):

@@ -122,3 +122,27 @@ class Health(BaseModel):
     default_limits: Limits
     max_limits: Limits
     checks: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------- WebSocket v1 (client → server)
+class WsExecute(Request):
+    type: Literal["execute"]
+    id: str | None = Field(None, max_length=128)
+    code: str
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    stdin: list[str] | None = None
+
+
+class WsInputReply(Request):
+    type: Literal["input_reply"]
+    id: str = Field(max_length=128)
+    value: str
+
+
+class WsInterrupt(Request):
+    type: Literal["interrupt"]
+    id: str | None = None
+
+
+class WsClientMessage(BaseModel):
+    message: WsExecute | WsInputReply | WsInterrupt = Field(discriminator="type")

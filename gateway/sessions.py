@@ -10,16 +10,18 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import zmq.asyncio
 
 from gateway import errors
 from gateway.errors import KernelDied, KernelTimeout
-from gateway.kernel import KernelConnection, Message
+from gateway.events import EventLog, event_from_iopub
+from gateway.kernel import KernelConnection, Message, Route
 from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec
 from gateway.metrics import Metrics
 from gateway.models import (
@@ -42,8 +44,6 @@ log = logging.getLogger(__name__)
 KERNEL_ID_NAMESPACE = uuid.UUID("6f1c9a52-43c8-4c36-9b8e-2d2f3f0c5e11")
 EOF_INPUT = "\x04"  # ipykernel raises EOFError in input() for this reply
 
-Listener = Callable[[str, Message], None]
-
 
 def kernel_id_for(owner: str, session_id: str) -> str:
     """Stable, UUID-shaped kernel id for a session (Jupyter routes require UUIDs)."""
@@ -65,7 +65,9 @@ def _now() -> datetime:
 class Session:
     """One session's live state. Mutated only by the SessionManager."""
 
-    def __init__(self, owner: str, session_id: str, limits: Limits, env: dict[str, str]) -> None:
+    def __init__(
+        self, owner: str, session_id: str, limits: Limits, env: dict[str, str], events: EventLog
+    ) -> None:
         self.owner = owner
         self.id = session_id
         self.kernel_id = kernel_id_for(owner, session_id)
@@ -84,6 +86,15 @@ class Session:
         self.waiting = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.interrupt_requested = False
+        self.events = events
+        self.pending_input: dict[str, Message] = {}  # request id → the kernel's input_request
+
+    def set_state(self, state: SessionState) -> None:
+        """Change state and tell the session's watchers."""
+        if state != self.state:
+            self.state = state
+            self.events.publish({"type": "status", "state": state.value,
+                                 "generation": self.generation})
 
     def touch(self) -> None:
         self.last_activity = _now()
@@ -134,6 +145,7 @@ class SessionManager:
         self._zmq = zmq.asyncio.Context()
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
+        self._background: set[asyncio.Task[ExecuteResult]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -236,7 +248,8 @@ class SessionManager:
             raise errors.KeyCapacityExceeded(
                 f"this API key has {owned} sessions, its limit; delete one first"
             )
-        session = Session(owner, session_id, resolved_limits, resolved_env)
+        events = EventLog(self.settings.ws_replay_events, self.settings.ws_replay_bytes)
+        session = Session(owner, session_id, resolved_limits, resolved_env, events)
         self._sessions[(owner, session_id)] = session  # reserves the slot while starting
         try:
             await self._start_kernel(session)
@@ -261,7 +274,7 @@ class SessionManager:
     async def _discard(self, session: Session, *, remove_files: bool) -> None:
         if self._sessions.get((session.owner, session.id)) is session:
             del self._sessions[(session.owner, session.id)]
-        session.state = SessionState.closed
+        session.set_state(SessionState.closed)
         self.metrics.sessions.set(len(self._sessions))
         handle = session.handle
         await self._stop_kernel(session)
@@ -299,7 +312,7 @@ class SessionManager:
         session.handle, session.conn, session.exit_info = handle, conn, None
         session.generation += 1
         session.execution_count = 0
-        session.state = SessionState.idle
+        session.set_state(SessionState.idle)
         session.watcher = asyncio.create_task(self._watch(session, conn, exited))
         self.metrics.kernel_starts.labels(self.launcher.name).inc()
         self.metrics.kernel_start_seconds.observe(time.perf_counter() - started)
@@ -311,7 +324,7 @@ class SessionManager:
         if session.conn is not conn:
             return
         session.exit_info = info
-        session.state = SessionState.dead
+        session.set_state(SessionState.dead)
         conn.mark_dead(info.reason)
         self.metrics.kernel_deaths.labels("oom" if info.oom_killed else "exit").inc()
         log.info("kernel died session_id=%s reason=%s", session.id, info.reason)
@@ -327,12 +340,12 @@ class SessionManager:
             await self.launcher.terminate(handle, self.settings.shutdown_grace_s)
 
     async def _replace_kernel(self, session: Session) -> None:
-        session.state = SessionState.restarting
+        session.set_state(SessionState.restarting)
         await self._stop_kernel(session)
         try:
             await self._start_kernel(session)
         except errors.GatewayError:
-            session.state = SessionState.dead
+            session.set_state(SessionState.dead)
             raise
         await self.registry.put(session.record(self.settings.instance_id))
 
@@ -370,7 +383,8 @@ class SessionManager:
         finally:
             session.lock.release()
 
-    def _check_request(self, req: ExecuteRequest) -> float:
+    def check_request(self, req: ExecuteRequest) -> float:
+        """Validate sizes and timeout; returns the timeout in seconds. Raises GatewayError."""
         if len(req.code.encode("utf-8", "surrogatepass")) > self.settings.max_code_bytes:
             raise errors.PayloadTooLarge(
                 f"code is larger than max_code_bytes={self.settings.max_code_bytes}"
@@ -386,22 +400,63 @@ class SessionManager:
             )
         return timeout
 
+    async def attach(self, owner: str, session_id: str) -> Session:
+        """The session a WebSocket watches (created if allowed)."""
+        return await self._get_or_open(owner, session_id)
+
     async def execute(
-        self, owner: str, session_id: str, req: ExecuteRequest, listener: Listener | None = None
+        self,
+        owner: str,
+        session_id: str,
+        req: ExecuteRequest,
+        *,
+        request_id: str | None = None,
+        interactive: bool = False,
     ) -> ExecuteResult:
-        """Run one cell in the session (created if allowed); FIFO behind earlier calls."""
-        timeout = self._check_request(req)
+        """Run one cell in the session (created if allowed); FIFO behind earlier calls.
+
+        Every event of the run goes to the session's EventLog tagged with ``request_id``;
+        ``interactive`` runs ask the watchers for input() instead of failing it.
+        """
+        timeout_s = self.check_request(req)
         session = await self._get_or_open(owner, session_id)
+        rid = request_id or f"rest-{secrets.token_hex(6)}"
         async with self._turn(session):
             started = time.perf_counter()
-            result = await self._run(session, req, timeout, listener)
+            result = await self._run(session, req, timeout_s, rid, interactive)
             result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            session.events.publish({"type": "result", "id": rid,
+                                    "result": result.model_dump(mode="json")})
         self.metrics.executes.labels(result.status.value).inc()
         self.metrics.execute_seconds.observe(result.duration_ms / 1000)
         return result
 
+    def spawn_execute(
+        self, owner: str, session_id: str, req: ExecuteRequest, request_id: str
+    ) -> asyncio.Task[ExecuteResult]:
+        """Start an interactive run that outlives the client that asked for it (detachable)."""
+        task = asyncio.create_task(
+            self.execute(owner, session_id, req, request_id=request_id, interactive=True)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def reply_input(self, owner: str, session_id: str, request_id: str, value: str) -> None:
+        """Answer the pending input() of run ``request_id``. Raises BadRequest if none."""
+        session = self._find(owner, session_id)
+        pending = session.pending_input.pop(request_id, None)
+        if pending is None or session.conn is None:
+            raise errors.BadRequest(f"no input is pending for request {request_id!r}")
+        session.conn.reply_input(value, pending)
+
     async def _run(
-        self, session: Session, req: ExecuteRequest, timeout_s: float, listener: Listener | None
+        self,
+        session: Session,
+        req: ExecuteRequest,
+        timeout_s: float,
+        request_id: str,
+        interactive: bool,
     ) -> ExecuteResult:
         preserved = True
         if session.conn is None or session.conn.dead:
@@ -412,22 +467,34 @@ class SessionManager:
         collector = OutputCollector(self.settings.max_output_bytes)
         stdin = list(req.stdin) if req.stdin is not None else None
 
+        publish = session.events.publish
+        max_event_bytes = self.settings.max_output_bytes
+
         def on_message(channel: str, msg: Message) -> None:
+            msg_type, content = msg["msg_type"], msg["content"]
             if channel == "iopub":
-                collector.add(msg["msg_type"], msg["content"])
-            elif channel == "stdin" and msg["msg_type"] == "input_request" and stdin is not None:
-                conn.reply_input(stdin.pop(0) if stdin else EOF_INPUT, msg)
-            if listener is not None:
-                listener(channel, msg)
+                collector.add(msg_type, content)
+                event = event_from_iopub(msg_type, content, max_event_bytes)
+                if event is not None:
+                    event["id"] = request_id
+                    publish(event)
+            elif channel == "stdin" and msg_type == "input_request":
+                if stdin is not None:
+                    conn.reply_input(stdin.pop(0) if stdin else EOF_INPUT, msg)
+                    return
+                session.pending_input[request_id] = msg
+                publish({"type": "input_request", "id": request_id,
+                         "prompt": content.get("prompt", ""),
+                         "password": bool(content.get("password", False))})
 
         session.interrupt_requested = False
-        session.state = SessionState.busy
+        session.set_state(SessionState.busy)
         session.touch()
         status: ExecuteStatus | None = None
         reply: Message | None = None
         try:
             reply, timed_out = await self._execute_with_deadline(
-                session, conn, req.code, stdin is not None, on_message, timeout_s
+                session, conn, req.code, stdin is not None or interactive, on_message, timeout_s
             )
             if timed_out:  # the ladder ran: interrupt, then restart if that failed
                 status = ExecuteStatus.timeout
@@ -441,8 +508,9 @@ class SessionManager:
                 collector.error = _death_error(info)
         finally:
             session.touch()
+            session.pending_input.pop(request_id, None)
             if session.state == SessionState.busy:
-                session.state = SessionState.idle
+                session.set_state(SessionState.idle)
         if status is None:
             status = self._status_of(session, reply, collector)
         if reply is not None and session.conn is conn:
@@ -469,7 +537,7 @@ class SessionManager:
         conn: KernelConnection,
         code: str,
         allow_stdin: bool,
-        on_message: Listener,
+        on_message: Route,
         timeout_s: float,
     ) -> tuple[Message | None, bool]:
         """(reply, timed_out). After a timeout the reply is the interrupted one, or None if
@@ -539,7 +607,8 @@ class SessionManager:
                 continue
             if life_s and now - session.created_mono > life_s:
                 doomed.append((session, "lifetime"))
-            elif idle_s and not session.busy and now - session.active_mono > idle_s:
+            elif (idle_s and not session.busy and now - session.active_mono > idle_s
+                  and (self.settings.reap_connected or not session.events.watchers)):
                 doomed.append((session, "idle"))
         for session, why in doomed:
             log.info("reaping session_id=%s why=%s", session.id, why)

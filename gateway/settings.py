@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     max_output_bytes: int = Field(1_000_000, ge=1024)  # per REST result; beyond → truncated
     max_stdin_lines: int = Field(1000, ge=0)
 
+    reap_connected: bool = False  # also reap idle sessions that a WebSocket is watching
+
+    # --- WebSocket
+    allowed_origins: list[str] = []  # browser origins allowed for WebSocket and CORS (+ same host)
+    ws_replay_events: int = Field(2000, ge=0)  # events kept per session for ?since= replay
+    ws_replay_bytes: int = Field(8_000_000, ge=0)  # payload bytes kept per session for replay
+    ws_client_queue: int = Field(1000, ge=1)  # events queued per slow client before dropping
+    ws_max_message_bytes: int = Field(2_000_000, ge=1024)  # largest client message
+    ws_ping_interval_s: float = Field(20.0, ge=0)  # pings to detect dead peers (0 = off)
+
     # --- sandbox limits: defaults for new sessions, and the most a session may ask for
     default_limits: Limits = Limits(memory_mb=512, cpus=1.0, pids=128, disk_mb=64)
     max_limits: Limits = Limits(memory_mb=4096, cpus=2.0, pids=1024, disk_mb=1024)

@@ -169,6 +169,7 @@ else
 fi
 
 # --- 3. docker build (offline) ----------------------------------------------
+[ -x "$here/kernel-entry" ] || die "kernel_image/kernel-entry is not executable (chmod 0755 it)"
 step "3/3 docker build $KERNEL_IMAGE (FROM $base, --network none)"
 log="$tmpdir/docker-build.log"
 if ! docker build --network none \

@@ -62,15 +62,16 @@ def validation_error(exc: pydantic.ValidationError) -> errors.GatewayError:
     return errors.ValidationFailed(f"invalid request: {summary}", details=details)
 
 
-@web.stream_request_body
-class ApiHandler(web.RequestHandler):
+class GatewayHandler(web.RequestHandler):
+    """Auth and the one error hook, shared by JSON endpoints and WebSockets."""
+
     auth_required = True
+    services: Services
+    owner: str
 
     def initialize(self, services: Services) -> None:
         self.services = services
         self.owner = ""
-        self._chunks: list[bytes] = []
-        self._received = 0
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
@@ -78,12 +79,78 @@ class ApiHandler(web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
 
-    async def prepare(self) -> None:
+    def authenticate(self) -> None:
         if self.auth_required:
             self.owner = self.services.auth.authenticate(
                 self.request.headers.get("Authorization"),
                 self.get_query_argument("token", None),
             )
+
+    def origin_allowed(self, origin: str) -> bool:
+        return origin in self.services.settings.allowed_origins
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, errors.GatewayError):
+            status, code, message, details = exc.status, exc.code, exc.message, exc.details
+        elif isinstance(exc, web.HTTPError):
+            status = exc.status_code
+            code = _CODES.get(status, "http_error")
+            message = exc.log_message or responses.get(status, "error")
+            if "%" in message and exc.args:
+                message = responses.get(status, "error")
+            details = None
+        else:
+            status, code, message, details = 500, "internal_error", "internal error", None
+        if status == 405:
+            message = f"method {self.request.method} is not allowed here"
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="exec-gateway"')
+        body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
+        self.finish(body.model_dump_json(exclude_none=True))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, (errors.GatewayError, web.HTTPError)):
+            log.info("%s %s -> %s", self.request.method, self.request.path,
+                     getattr(value, "code", getattr(value, "status_code", "")))
+        else:
+            super().log_exception(typ, value, tb)
+
+
+@web.stream_request_body
+class ApiHandler(GatewayHandler):
+    """A JSON endpoint: bounded request body, parsing, CORS for allowed origins."""
+
+    def initialize(self, services: Services) -> None:
+        super().initialize(services)
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self._cors()
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        if hasattr(self, "services"):  # also after send_error's clear(), so errors carry CORS
+            self._cors()
+
+    def _cors(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin and self.origin_allowed(origin):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+            self.set_header("Access-Control-Max-Age", "600")
+            self.add_header("Vary", "Origin")
+
+    async def options(self, *args: str) -> None:
+        """CORS preflight: headers come from set_default_headers."""
+        self.set_status(204)
+        self.finish()
+
+    async def prepare(self) -> None:
+        if self.request.method != "OPTIONS":
+            self.authenticate()
         limit = self.services.settings.max_request_bytes
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -118,36 +185,6 @@ class ApiHandler(web.RequestHandler):
         self.set_status(204)
         self.clear_header("Content-Type")
         self.finish()
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, errors.GatewayError):
-            status, code, message, details = exc.status, exc.code, exc.message, exc.details
-        elif isinstance(exc, web.HTTPError):
-            status = exc.status_code
-            code = _CODES.get(status, "http_error")
-            message = exc.log_message or responses.get(status, "error")
-            if "%" in message and exc.args:
-                message = responses.get(status, "error")
-            details = None
-        else:
-            status, code, message, details = 500, "internal_error", "internal error", None
-        if status == 405:
-            message = f"method {self.request.method} is not allowed here"
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        if status == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="exec-gateway"')
-        body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
-        self.finish(body.model_dump_json(exclude_none=True))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, (errors.GatewayError, web.HTTPError)):
-            log.info("%s %s -> %s", self.request.method, self.request.path,
-                     getattr(value, "code", getattr(value, "status_code", "")))
-        else:
-            super().log_exception(typ, value, tb)
-
 
 class NotFoundHandler(ApiHandler):
     """Every unknown path: a JSON 404 (no auth needed to learn a path does not exist)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from tornado import web
 
 from gateway import __version__, errors
 from gateway.handlers.base import ApiHandler
@@ -63,3 +65,16 @@ class OpenAPIHandler(ApiHandler):
         if OpenAPIHandler._document is None:
             OpenAPIHandler._document = json.dumps(build_openapi()).encode()
         self.finish(OpenAPIHandler._document)
+
+
+class PageHandler(web.RequestHandler):
+    """The web IDE page (static/index.html); it asks for the token itself, so no auth here."""
+
+    async def get(self) -> None:
+        page = Path(self.settings["static_path"]) / "index.html"
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy",
+                        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                        "connect-src 'self' ws: wss:; frame-src 'self' blob: data:; object-src 'none'")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(page.read_bytes())

@@ -1,0 +1,65 @@
+"""The bench's knobs: defaults for a full run, smaller ones for ``--quick``, ``BENCH_*`` env
+over both."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    iterations: int = 2000  # timed sequential executes per latency figure (raw, REST, Jupyter)
+    rounds: int = 10  # latency blocks, alternating between targets
+    warmup: int = 100  # untimed executes before the latency loop
+    kg_iterations: int = 500  # timed executes against stock kernel_gateway (slower)
+    loop_max_s: float = 90.0  # time cap per latency figure
+    concurrency: tuple[int, ...] = (1, 4, 16)  # sessions/kernels for throughput
+    throughput_s: float = 5.0  # seconds of calls per throughput level
+    starts: int = 10  # cold session starts per target
+    idle_sessions: int = 100  # idle sessions for the memory figures
+    idle_window_s: float = 5.0  # gateway CPU measured this long with the idle sessions
+    stream_lines: int = 10_000  # one-line prints in one cell, per front door
+    start_parallel: int = 4  # sessions/kernels started at once when opening many
+    kernel_gateway: bool = True  # run the stock jupyter-kernel-gateway comparison
+    profile: bool = False  # sample the gateway with py-spy during an extra REST loop
+    profile_s: float = 10.0
+    gateway_log_level: str = "INFO"  # the gateway's default; every request is logged at INFO
+    kg_venv: Path = BENCH_DIR / ".kg-venv"
+    results_dir: Path = BENCH_DIR / "results"
+
+
+QUICK = BenchConfig(iterations=300, rounds=4, warmup=30, kg_iterations=100, loop_max_s=30.0,
+                    throughput_s=2.0, starts=4, idle_sessions=20, idle_window_s=2.0,
+                    profile_s=5.0)
+
+
+def _parse(kind: Callable[[str], object], text: str) -> object:
+    if kind is bool:
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(kind, type) and issubclass(kind, Path):
+        return Path(text)
+    if kind is tuple:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    return kind(text)
+
+
+def load(quick: bool, environ: Mapping[str, str] = os.environ, **overrides: object
+         ) -> BenchConfig:
+    """Defaults (full or quick), then ``BENCH_<FIELD>`` from ``environ``, then ``overrides``.
+    Raises ValueError on an unparsable value."""
+    config = QUICK if quick else BenchConfig()
+    values: dict[str, object] = {}
+    for f in fields(BenchConfig):
+        text = environ.get(f"BENCH_{f.name.upper()}")
+        if text is not None:
+            try:
+                values[f.name] = _parse(type(getattr(config, f.name)), text)
+            except ValueError as exc:
+                raise ValueError(f"BENCH_{f.name.upper()}={text!r}: {exc}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(config, **values)  # type: ignore[arg-type]

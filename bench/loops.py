@@ -1,0 +1,176 @@
+"""The measuring loops: latency (interleaved between targets), throughput, session start,
+stream delivery. Every loop is bounded by a count and by a time cap."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.procs import cpu_seconds, rss_bytes
+from bench.stats import summarize_ms
+from bench.target import BenchError, Executor, Target, check_two
+
+CODE = "1+1"
+
+
+@dataclass
+class Sampled:
+    """Latency samples (s) of one target plus the CPU spent by the client and the server."""
+
+    samples: list[float] = field(default_factory=list)
+    client_cpu_s: float = 0.0
+    server_cpu_s: float | None = None
+
+    def figures(self) -> dict[str, Any]:
+        out = summarize_ms(self.samples)
+        n = len(self.samples)
+        if n:
+            out["client_cpu_ms_per_call"] = round(self.client_cpu_s * 1000 / n, 4)
+            if self.server_cpu_s is not None:
+                out["server_cpu_ms_per_call"] = round(self.server_cpu_s * 1000 / n, 4)
+        return out
+
+
+def _server_cpu(pid: int | None) -> float:
+    return cpu_seconds(pid) if pid is not None else 0.0
+
+
+async def _block(executor: Executor, n: int, max_s: float, server_pid: int | None,
+                 into: Sampled) -> None:
+    """``n`` sequential ``1+1`` calls (fewer if ``max_s`` runs out), recorded into ``into``."""
+    cpu0, server0 = time.process_time(), _server_cpu(server_pid)
+    deadline = time.perf_counter() + max_s
+    for _ in range(n):
+        start = time.perf_counter()
+        check_two(await executor.execute(CODE))
+        end = time.perf_counter()
+        into.samples.append(end - start)
+        if end > deadline:
+            break
+    into.client_cpu_s += time.process_time() - cpu0
+    if server_pid is not None:
+        into.server_cpu_s = (into.server_cpu_s or 0.0) + _server_cpu(server_pid) - server0
+
+
+async def warm(executor: Executor, calls: int) -> None:
+    for _ in range(calls):
+        check_two(await executor.execute(CODE))
+
+
+async def interleaved_latency(
+    executors: dict[str, tuple[Executor, int | None]],
+    iterations: int, rounds: int, warmup: int, max_s: float,
+) -> dict[str, Sampled]:
+    """Sequential-call latency of each target, in ``rounds`` alternating blocks (order reversed
+    every round) so drift on the machine hits every target alike. ``executors`` maps a name to
+    (executor, server pid or None). Each target gets at most ``max_s`` seconds of calls."""
+    for executor, _ in executors.values():
+        await warm(executor, warmup)
+    results = {name: Sampled() for name in executors}
+    per_block = max(1, iterations // rounds)
+    names = list(executors)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            executor, pid = executors[name]
+            await _block(executor, per_block, max_s / rounds, pid, results[name])
+    return results
+
+
+async def open_executors(target: Target, n: int, parallel: int) -> list[Executor]:
+    """Start ``n`` sessions/kernels, at most ``parallel`` at a time. Raises BenchError (after
+    closing the ones already started)."""
+    gate = asyncio.Semaphore(parallel)
+    opened: list[Executor] = []
+
+    async def one() -> None:
+        async with gate:
+            opened.append(await target.start())
+
+    results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        await close_executors(opened)
+        raise BenchError(f"{target.name}: {len(failures)} of {n} starts failed: {failures[0]!r}")
+    return opened
+
+
+async def close_executors(executors: Sequence[Executor], parallel: int = 8) -> None:
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(executor: Executor) -> None:
+        async with gate:
+            await executor.close()
+
+    await asyncio.gather(*(one(e) for e in executors), return_exceptions=True)
+
+
+async def throughput(target: Target, n: int, duration_s: float, warmup: int,
+                     parallel: int) -> dict[str, Any]:
+    """``n`` executors each calling ``1+1`` back to back for ``duration_s``: calls/s overall,
+    per-call latency under that load, server CPU per call and server RSS before/after start."""
+    rss_before = rss_bytes(target.server_pid) if target.server_pid else None
+    executors = await open_executors(target, n, parallel)
+    try:
+        await asyncio.gather(*(warm(e, warmup) for e in executors))
+        rss_with = rss_bytes(target.server_pid) if target.server_pid else None
+        loop = Sampled()
+        cpu0, server0 = time.process_time(), _server_cpu(target.server_pid)
+        started = time.perf_counter()
+        deadline = started + duration_s
+
+        async def worker(executor: Executor) -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                check_two(await executor.execute(CODE))
+                loop.samples.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker(e) for e in executors))
+        wall = time.perf_counter() - started
+        loop.client_cpu_s = time.process_time() - cpu0
+        if target.server_pid is not None:
+            loop.server_cpu_s = _server_cpu(target.server_pid) - server0
+    finally:
+        await close_executors(executors)
+    out = {"concurrency": n, "calls": len(loop.samples), "wall_s": round(wall, 3),
+           "calls_per_s": round(len(loop.samples) / wall, 1), "latency_ms": loop.figures()}
+    if rss_before is not None and rss_with is not None:
+        out["server_rss_mb_before"] = round(rss_before / 2**20, 1)
+        out["server_rss_mb_with_sessions"] = round(rss_with / 2**20, 1)
+        out["server_rss_kb_per_session"] = round((rss_with - rss_before) / 1024 / n, 1)
+    return out
+
+
+async def session_starts(target: Target, count: int, max_s: float) -> dict[str, Any]:
+    """Cold starts one after another: time until the session/kernel is usable (``ready``) and
+    until the first ``1+1`` result is back (``first_result``, the headline figure)."""
+    ready: list[float] = []
+    first: list[float] = []
+    deadline = time.perf_counter() + max_s
+    for _ in range(count):
+        t0 = time.perf_counter()
+        executor = await target.start()
+        try:
+            t1 = time.perf_counter()
+            check_two(await executor.execute(CODE))
+            t2 = time.perf_counter()
+        finally:
+            await executor.close()
+        ready.append(t1 - t0)
+        first.append(t2 - t0)
+        if time.perf_counter() > deadline:
+            break
+    return {"first_result_ms": summarize_ms(first), "ready_ms": summarize_ms(ready)}
+
+
+async def stream_delivery(executor: Executor, lines: int) -> dict[str, Any]:
+    """Print ``lines`` numbered lines in one cell; time it and count what arrived intact."""
+    start = time.perf_counter()
+    out = await executor.execute(f"for i in range({lines}): print(i)")
+    elapsed = time.perf_counter() - start
+    got = out.stdout.splitlines()
+    intact = sum(1 for i, line in enumerate(got) if line == str(i))
+    return {"lines": lines, "delivered": intact, "complete": intact == lines == len(got),
+            "seconds": round(elapsed, 4)}

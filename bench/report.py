@@ -1,0 +1,161 @@
+"""Figures → ratios against the same-run references, target checks, the JSON file and a
+short table for humans."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.stats import ratio
+
+REST, RAW, JUP, KG = "gateway_rest", "raw", "gateway_jupyter", "kernel_gateway"
+
+
+def _get(data: dict[str, Any], *path: str | int) -> Any:
+    node: Any = data
+    for key in path:
+        if not isinstance(node, dict) or str(key) not in node:
+            return None
+        node = node[str(key)]
+    return node
+
+
+def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(ratios, targets) from the measured sections; a missing figure gives None, not an error."""
+    lat = results.get("latency", {})
+    r: dict[str, Any] = {}
+    for q in ("p50", "p90", "p99"):
+        r[f"latency_{q}_rest_vs_raw"] = ratio(_get(lat, REST, q), _get(lat, RAW, q))
+        r[f"latency_{q}_jupyter_vs_raw"] = ratio(_get(lat, JUP, q), _get(lat, RAW, q))
+    r["latency_p50_kg_vs_rest"] = ratio(_get(lat, KG, "p50"), _get(lat, REST, "p50"))
+    r["latency_p99_kg_vs_rest"] = ratio(_get(lat, KG, "p99"), _get(lat, REST, "p99"))
+    r["latency_p50_kg_vs_jupyter"] = ratio(_get(lat, KG, "p50"), _get(lat, JUP, "p50"))
+    r["latency_p50_kg_vs_raw"] = ratio(_get(lat, KG, "p50"), _get(lat, RAW, "p50"))
+    raw_client_cpu = _get(lat, RAW, "client_cpu_ms_per_call")
+    r["server_cpu_per_call_rest_vs_raw_client"] = ratio(
+        _get(lat, REST, "server_cpu_ms_per_call"), raw_client_cpu)
+    r["server_cpu_per_call_kg_vs_rest"] = ratio(
+        _get(lat, KG, "server_cpu_ms_per_call"), _get(lat, REST, "server_cpu_ms_per_call"))
+    tput = results.get("throughput", {})
+    for n in results.get("config", {}).get("concurrency", []):
+        for name, key in ((REST, "rest"), (JUP, "jupyter"), (KG, "kg")):
+            r[f"throughput_{n}_{key}_vs_raw"] = ratio(
+                _get(tput, name, n, "calls_per_s"), _get(tput, RAW, n, "calls_per_s"))
+    start = results.get("session_start", {})
+    raw_start = _get(start, RAW, "first_result_ms", "p50")
+    r["start_p50_rest_vs_raw"] = ratio(_get(start, REST, "first_result_ms", "p50"), raw_start)
+    r["start_p50_kg_vs_raw"] = ratio(_get(start, KG, "first_result_ms", "p50"), raw_start)
+    r["start_p50_kg_vs_rest"] = ratio(_get(start, KG, "first_result_ms", "p50"),
+                                      _get(start, REST, "first_result_ms", "p50"))
+    stream = results.get("stream", {})
+    for name, key in ((REST, "rest"), (JUP, "jupyter"), (KG, "kg")):
+        r[f"stream_seconds_{key}_vs_raw"] = ratio(_get(stream, name, "seconds"),
+                                                  _get(stream, RAW, "seconds"))
+    mem = results.get("memory", {})
+    r["idle_session_gateway_rss_vs_kernel_uss"] = ratio(
+        _get(mem, "gateway_rss_kb_per_idle_session"), _get(mem, "kernel_kb", "uss_median"))
+    r["kernel_uss_gateway_vs_raw"] = ratio(_get(mem, "kernel_kb", "uss_median"),
+                                           _get(mem, "raw_kernel_kb", "uss"))
+    r["latency_p99_with_idle_sessions_vs_rest"] = ratio(
+        _get(mem, "latency_with_idle_sessions", "p99"), _get(lat, REST, "p99"))
+    top = max(results.get("config", {}).get("concurrency", [0]) or [0])
+    targets = [
+        _target("REST execute p50 <= 1.1x raw", r["latency_p50_rest_vs_raw"], "<=", 1.1),
+        _target(f"REST throughput at {top} sessions >= 0.9x raw",
+                r.get(f"throughput_{top}_rest_vs_raw"), ">=", 0.9),
+        _target("stock KG p50 >= 10x REST p50", r["latency_p50_kg_vs_rest"], ">=", 10.0),
+        _target("stock KG p50 >= 10x our Jupyter API p50", r["latency_p50_kg_vs_jupyter"],
+                ">=", 10.0),
+    ]
+    for name in (RAW, REST, JUP, KG):
+        complete = _get(stream, name, "complete")
+        if complete is not None:
+            targets.append({"target": f"{name}: 100% of {stream[name]['lines']} lines delivered",
+                            "value": stream[name]["delivered"], "met": bool(complete)})
+    return r, targets
+
+
+def _target(label: str, value: float | None, op: str, bound: float) -> dict[str, Any]:
+    met = None if value is None else (value <= bound if op == "<=" else value >= bound)
+    return {"target": label, "value": value, "bound": f"{op} {bound}", "met": met}
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The human summary: each row a figure, its same-run reference, and their ratio."""
+    lat, tput = results.get("latency", {}), results.get("throughput", {})
+    start, mem = results.get("session_start", {}), results.get("memory", {})
+    rows: list[tuple[str, Any, Any, Any]] = [("figure", "value", "reference", "ratio")]
+    for name in (REST, JUP, KG):
+        if _get(lat, name, "skipped"):
+            rows.append((f"execute {name}", "skipped", "", ""))
+            continue
+        for q in ("p50", "p90", "p99"):
+            v, ref = _get(lat, name, q), _get(lat, RAW, q)
+            if v is not None:
+                rows.append((f"execute {q} ms: {name} vs raw", v, ref, ratio(v, ref)))
+    for q in ("p50", "p99"):
+        v, ref = _get(lat, KG, q), _get(lat, REST, q)
+        if v is not None:
+            rows.append((f"execute {q} ms: stock KG vs REST", v, ref, ratio(v, ref)))
+    for n in results.get("config", {}).get("concurrency", []):
+        ref = _get(tput, RAW, n, "calls_per_s")
+        for name in (REST, JUP, KG):
+            v = _get(tput, name, n, "calls_per_s")
+            if v is not None:
+                rows.append((f"calls/s at {n}: {name} vs raw", v, ref, ratio(v, ref)))
+    ref = _get(start, RAW, "first_result_ms", "p50")
+    for name in (REST, JUP, KG):
+        v = _get(start, name, "first_result_ms", "p50")
+        if v is not None:
+            rows.append((f"cold start p50 ms: {name} vs raw", v, ref, ratio(v, ref)))
+    ref = _get(lat, RAW, "client_cpu_ms_per_call")
+    for name in (REST, KG):
+        v = _get(lat, name, "server_cpu_ms_per_call")
+        if v is not None:
+            rows.append((f"server CPU ms/call: {name} vs raw client", v, ref, ratio(v, ref)))
+    stream = results.get("stream", {})
+    ref = _get(stream, RAW, "seconds")
+    for name in (REST, JUP, KG):
+        v = _get(stream, name, "seconds")
+        if v is not None:
+            rows.append((f"{stream[name]['lines']} lines s: {name} vs raw", v, ref,
+                         ratio(v, ref)))
+    if mem.get("sessions"):
+        uss = _get(mem, "kernel_kb", "uss_median")
+        per = mem.get("gateway_rss_kb_per_idle_session")
+        rows.append((f"gateway RSS KiB/idle session ({mem['sessions']}) vs kernel USS",
+                     per, uss, ratio(per, uss)))
+        raw_uss = _get(mem, "raw_kernel_kb", "uss")
+        rows.append(("kernel USS KiB: gateway's vs raw", uss, raw_uss, ratio(uss, raw_uss)))
+        v, ref = _get(mem, "latency_with_idle_sessions", "p99"), _get(lat, REST, "p99")
+        rows.append((f"REST p99 ms with {mem['sessions']} idle vs without", v, ref,
+                     ratio(v, ref)))
+        rows.append(("gateway idle CPU % of a core", mem.get("idle_cpu_percent"), "", ""))
+    width = max(len(row[0]) for row in rows)
+    lines = [f"{row[0]:<{width}}  {_fmt(row[1]):>10}  {_fmt(row[2]):>10}  {_fmt(row[3], 3):>7}"
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("")
+    for t in results.get("targets", []):
+        mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
+        lines.append(f"[{mark}] {t['target']}: {_fmt(t['value'], 3)}")
+    for section, message in results.get("errors", {}).items():
+        lines.append(f"[ERR ] {section}: {message}")
+    for note in results.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

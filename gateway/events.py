@@ -1,0 +1,121 @@
+"""Session events: kernel output turned into numbered WebSocket events, a bounded replay log,
+and live subscribers.
+
+Every cell run in a session (whoever started it: REST or any WebSocket) publishes its events
+here; each watcher of the session gets them in ``seq`` order, and a reconnecting client asks
+for what it missed with ``since``. Memory is bounded twice: the log keeps at most
+``max_events`` events and ``max_bytes`` of payload, and one event carries at most
+``max_event_bytes`` of text (the rest is cut and the event says ``truncated``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+Subscriber = Callable[[Event], None]
+
+_IOPUB_TYPES = {"stream", "display_data", "execute_result", "error", "clear_output",
+                "update_display_data"}
+
+
+def _cut(text: str, limit: int) -> tuple[str, bool]:
+    if len(text) <= limit:
+        return text, False
+    return text[:limit], True
+
+
+def event_from_iopub(msg_type: str, content: dict[str, Any], max_bytes: int) -> Event | None:
+    """The WebSocket event for one iopub message, or None for the kernel's own bookkeeping."""
+    if msg_type not in _IOPUB_TYPES:
+        return None
+    if msg_type == "stream":
+        text, cut = _cut(str(content.get("text", "")), max_bytes)
+        event: Event = {"type": "stream", "name": content.get("name", "stdout"), "text": text}
+        if cut:
+            event["truncated"] = True
+        return event
+    if msg_type in ("display_data", "execute_result", "update_display_data"):
+        data = content.get("data") or {}
+        if sum(len(v) if isinstance(v, str) else 64 for v in data.values()) > max_bytes:
+            data, cut = {"text/plain": "<output too large to stream>"}, True
+        else:
+            cut = False
+        event = {"type": msg_type, "data": data, "metadata": content.get("metadata") or {}}
+        transient = content.get("transient") or {}
+        if "display_id" in transient:
+            event["display_id"] = transient["display_id"]
+        if msg_type == "execute_result":
+            event["execution_count"] = content.get("execution_count")
+        if cut:
+            event["truncated"] = True
+        return event
+    if msg_type == "error":
+        return {"type": "error", "ename": content.get("ename", ""),
+                "evalue": content.get("evalue", ""),
+                "traceback": list(content.get("traceback") or [])[:200]}
+    return {"type": "clear_output", "wait": bool(content.get("wait", False))}
+
+
+def _size(event: Event) -> int:
+    text = event.get("text")
+    if isinstance(text, str):
+        return len(text) + 64
+    data = event.get("data")
+    if isinstance(data, dict):
+        return sum(len(v) if isinstance(v, str) else 64 for v in data.values()) + 64
+    return 256
+
+
+class EventLog:
+    """One session's event sequence: publish, replay since a seq, and fan out to subscribers."""
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.seq = 0
+        self._log: collections.deque[tuple[Event, int]] = collections.deque()
+        self._bytes = 0
+        self._subscribers: list[Subscriber] = []
+
+    def publish(self, event: Event) -> Event:
+        """Number ``event``, keep it for replay, and hand it to every subscriber."""
+        self.seq += 1
+        event["seq"] = self.seq
+        size = _size(event)
+        self._log.append((event, size))
+        self._bytes += size
+        while self._log and (len(self._log) > self.max_events or self._bytes > self.max_bytes):
+            _, dropped = self._log.popleft()
+            self._bytes -= dropped
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:  # one broken watcher must not stop the others
+                log.exception("event subscriber failed")
+        return event
+
+    def replay(self, since: int) -> tuple[list[Event], Event | None]:
+        """Events after ``since``, and a ``gap`` event if some of them are no longer kept."""
+        oldest = self._log[0][0]["seq"] if self._log else self.seq + 1
+        gap = None
+        if since + 1 < oldest and since < self.seq:
+            gap = {"type": "gap", "from_seq": since + 1, "to_seq": oldest - 1,
+                   "message": f"events {since + 1}..{oldest - 1} are no longer kept"}
+        return [event for event, _ in self._log if event["seq"] > since], gap
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
+
+    @property
+    def watchers(self) -> int:
+        return len(self._subscribers)

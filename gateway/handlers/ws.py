@@ -1,0 +1,146 @@
+"""WebSocket v1 (/v1/sessions/{id}/ws): live output of every run in a session, input(), interrupt.
+
+Every watcher of a session gets every event of the session, whoever started the run. Each
+client has a bounded queue: a client that reads too slowly loses events (and is told how
+many with a ``dropped`` event) instead of growing the gateway. Runs continue when their
+client goes away; ``?since=<seq>`` replays what a reconnecting client missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import json
+import logging
+import secrets
+from typing import Any
+
+import pydantic
+from tornado import websocket
+
+from gateway import errors
+from gateway.events import Event
+from gateway.handlers.base import GatewayHandler, Services, validation_error
+from gateway.models import ExecuteRequest, WsClientMessage, WsExecute, WsInputReply
+from gateway.sessions import Session
+
+log = logging.getLogger(__name__)
+
+CLOSE_SESSION_GONE = 4410
+
+
+class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
+    session: Session
+
+    def initialize(self, services: Services) -> None:
+        super().initialize(services)
+        self._queue: collections.deque[Event] = collections.deque()
+        self._dropped = 0
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._since: int | None = None
+
+    async def prepare(self) -> None:
+        # Everything that can fail does so here, before the upgrade, as a JSON HTTP error.
+        self.authenticate()
+        since = self.get_query_argument("since", None)
+        if since is not None:
+            if not since.isdigit():
+                raise errors.ValidationFailed("since must be a non-negative integer")
+            self._since = int(since)
+        session_id = self.path_kwargs["session_id"]
+        self.session = await self.services.manager.attach(self.owner, session_id)
+
+    def check_origin(self, origin: str) -> bool:
+        return self.origin_allowed(origin) or bool(super().check_origin(origin))
+
+    def get_compression_options(self) -> None:
+        return None
+
+    def open(self, session_id: str) -> None:  # type: ignore[override]
+        events = self.session.events
+        self._enqueue({"type": "hello", "session_id": self.session.id, "last_seq": events.seq,
+                       "state": self.session.state.value, "generation": self.session.generation})
+        if self._since is not None:
+            replay, gap = events.replay(self._since)
+            if gap is not None:
+                self._enqueue(gap)
+            for event in replay:
+                self._enqueue(event)
+        events.subscribe(self._enqueue)
+        self._writer = asyncio.create_task(self._write_forever())
+
+    def _enqueue(self, event: Event) -> None:
+        if len(self._queue) >= self.services.settings.ws_client_queue:
+            self._dropped += 1
+        else:
+            self._queue.append(event)
+        self._wake.set()
+
+    async def _write_forever(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue or self._dropped:
+                    if self._dropped:
+                        count, self._dropped = self._dropped, 0
+                        await self.write_message(json.dumps(
+                            {"type": "dropped", "count": count,
+                             "message": f"{count} events dropped: this client reads too slowly"}
+                        ))
+                    if self._queue:
+                        event = self._queue.popleft()
+                        await self.write_message(json.dumps(event))
+                        if event.get("type") == "status" and event.get("state") == "closed":
+                            self.close(CLOSE_SESSION_GONE, "session closed")
+                            return
+        except websocket.WebSocketClosedError:
+            return
+
+    async def on_message(self, message: str | bytes) -> None:
+        try:
+            parsed = WsClientMessage.model_validate({"message": json.loads(message)}).message
+        except (ValueError, RecursionError) as exc:
+            problem = (validation_error(exc) if isinstance(exc, pydantic.ValidationError)
+                       else errors.InvalidJSON("message is not valid JSON"))
+            self._reply_error(problem, None)
+            return
+        manager, sid = self.services.manager, self.session.id
+        try:
+            if isinstance(parsed, WsExecute):
+                req = ExecuteRequest(code=parsed.code, timeout_s=parsed.timeout_s,
+                                     stdin=parsed.stdin)
+                manager.check_request(req)
+                rid = parsed.id or f"ws-{secrets.token_hex(6)}"
+                task = manager.spawn_execute(self.owner, sid, req, rid)
+                task.add_done_callback(functools.partial(self._run_failed, request_id=rid))
+            elif isinstance(parsed, WsInputReply):
+                await manager.reply_input(self.owner, sid, parsed.id, parsed.value)
+            else:
+                await manager.interrupt(self.owner, sid)
+        except errors.GatewayError as exc:
+            self._reply_error(exc, getattr(parsed, "id", None))
+
+    def _run_failed(self, task: asyncio.Task[Any], *, request_id: str) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, errors.GatewayError):
+            self._reply_error(exc, request_id)
+        elif exc is not None:
+            log.error("websocket run failed session_id=%s", self.session.id, exc_info=exc)
+            self._reply_error(errors.GatewayError("internal error"), request_id)
+
+    def _reply_error(self, exc: errors.GatewayError, request_id: str | None) -> None:
+        """A protocol error for this client only (the connection and session stay up)."""
+        self._enqueue({"type": "error", "id": request_id, "code": exc.code,
+                       "message": exc.message})
+
+    def on_close(self) -> None:
+        session = getattr(self, "session", None)
+        if session is not None:
+            session.events.unsubscribe(self._enqueue)
+        if self._writer is not None:
+            self._writer.cancel()
