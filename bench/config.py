@@ -4,7 +4,7 @@ over both."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -38,14 +38,19 @@ QUICK = BenchConfig(iterations=300, rounds=4, warmup=30, kg_iterations=100, loop
                     profile_s=5.0)
 
 
-def _parse(kind: Callable[[str], object], text: str) -> object:
-    if kind is bool:
-        return text.lower() in ("1", "true", "yes", "on")
-    if isinstance(kind, type) and issubclass(kind, Path):
+def _parse(current: object, text: str) -> object:
+    """``text`` converted to the type of the field's ``current`` value. Raises ValueError."""
+    if isinstance(current, bool):
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(current, Path):
         return Path(text)
-    if kind is tuple:
+    if isinstance(current, tuple):
         return tuple(int(x) for x in text.split(",") if x.strip())
-    return kind(text)
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    return text
 
 
 def load(quick: bool, environ: Mapping[str, str] = os.environ, **overrides: object
@@ -58,7 +63,7 @@ def load(quick: bool, environ: Mapping[str, str] = os.environ, **overrides: obje
         text = environ.get(f"BENCH_{f.name.upper()}")
         if text is not None:
             try:
-                values[f.name] = _parse(type(getattr(config, f.name)), text)
+                values[f.name] = _parse(getattr(config, f.name), text)
             except ValueError as exc:
                 raise ValueError(f"BENCH_{f.name.upper()}={text!r}: {exc}") from exc
     values.update({k: v for k, v in overrides.items() if v is not None})

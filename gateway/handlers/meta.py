@@ -67,14 +67,17 @@ class OpenAPIHandler(ApiHandler):
         self.finish(OpenAPIHandler._document)
 
 
+# HTML output of cells is shown in sandboxed iframes; nothing else may load from elsewhere.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "connect-src 'self' ws: wss:; frame-src 'self' blob: data:; object-src 'none'")
+
+
 class PageHandler(web.RequestHandler):
     """The web IDE page (static/index.html); it asks for the token itself, so no auth here."""
 
     async def get(self) -> None:
         page = Path(self.settings["static_path"]) / "index.html"
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.set_header("Content-Security-Policy",
-                        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                        "connect-src 'self' ws: wss:; frame-src 'self' blob: data:; object-src 'none'")
+        self.set_header("Content-Security-Policy", PAGE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.finish(page.read_bytes())
