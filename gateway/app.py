@@ -11,7 +11,7 @@ from tornado import httpserver, iostream, web
 from tornado.log import access_log
 
 from gateway.auth import Auth
-from gateway.handlers import meta, rest, ws
+from gateway.handlers import jupyter, meta, rest, ws
 from gateway.handlers.base import NotFoundHandler, Services
 from gateway.launchers import make_launcher
 from gateway.metrics import Metrics
@@ -21,6 +21,7 @@ from gateway.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 SID = r"(?P<session_id>[^/]+)"
+KID = r"(?P<kernel_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 
 
 def build_services(settings: Settings) -> Services:
@@ -47,6 +48,14 @@ def make_app(services: Services) -> web.Application:
         (rf"/v1/sessions/{SID}/restart", rest.RestartHandler, deps),
         (rf"/v1/sessions/{SID}/ws", ws.SessionSocket, deps),
         (r"/v1/openapi.json", meta.OpenAPIHandler, deps),
+        (r"/api/?", jupyter.ApiRootHandler, deps),
+        (r"/api/kernelspecs/?", jupyter.KernelSpecsHandler, deps),
+        (r"/api/kernelspecs/(?P<name>[^/]+)/?", jupyter.KernelSpecHandler, deps),
+        (r"/api/kernels/?", jupyter.KernelsHandler, deps),
+        (rf"/api/kernels/{KID}/?", jupyter.KernelHandler, deps),
+        (rf"/api/kernels/{KID}/(?P<action>interrupt|restart)/?", jupyter.KernelActionHandler,
+         deps),
+        (rf"/api/kernels/{KID}/channels", jupyter.ChannelsHandler, deps),
         (r"/healthz", meta.HealthHandler, deps),
         (r"/readyz", meta.ReadyHandler, deps),
         (r"/metrics", meta.MetricsHandler, deps),

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 Subscriber = Callable[[Event], None]
 
+_MAX_TRACEBACK_LINES = 200
 _IOPUB_TYPES = {"stream", "display_data", "execute_result", "error", "clear_output",
                 "update_display_data"}
 
@@ -42,7 +43,7 @@ def event_from_iopub(msg_type: str, content: dict[str, Any], max_bytes: int) -> 
         return event
     if msg_type in ("display_data", "execute_result", "update_display_data"):
         data = content.get("data") or {}
-        if sum(len(v) if isinstance(v, str) else 64 for v in data.values()) > max_bytes:
+        if _size(data) > max_bytes:  # non-text values (application/json) count too
             data, cut = {"text/plain": "<output too large to stream>"}, True
         else:
             cut = False
@@ -56,20 +57,39 @@ def event_from_iopub(msg_type: str, content: dict[str, Any], max_bytes: int) -> 
             event["truncated"] = True
         return event
     if msg_type == "error":
-        return {"type": "error", "ename": content.get("ename", ""),
-                "evalue": content.get("evalue", ""),
-                "traceback": list(content.get("traceback") or [])[:200]}
+        return _error_event(content, max_bytes)
     return {"type": "clear_output", "wait": bool(content.get("wait", False))}
 
 
-def _size(event: Event) -> int:
-    text = event.get("text")
-    if isinstance(text, str):
-        return len(text) + 64
-    data = event.get("data")
-    if isinstance(data, dict):
-        return sum(len(v) if isinstance(v, str) else 64 for v in data.values()) + 64
-    return 256
+def _error_event(content: dict[str, Any], max_bytes: int) -> Event:
+    # evalue is str(exception) and the traceback repeats it: both unbounded in the kernel
+    ename, cut_name = _cut(str(content.get("ename", "")), 1000)
+    evalue, cut_value = _cut(str(content.get("evalue", "")), max_bytes)
+    budget, lines, cut = max_bytes, [], cut_name or cut_value
+    raw = list(content.get("traceback") or [])
+    for line in raw[:_MAX_TRACEBACK_LINES]:
+        text, cut_line = _cut(str(line), budget)
+        lines.append(text)
+        budget -= len(text)
+        if cut_line or budget <= 0:
+            cut = True
+            break
+    event: Event = {"type": "error", "ename": ename, "evalue": evalue, "traceback": lines}
+    if cut or len(raw) > len(lines):
+        event["truncated"] = True
+    return event
+
+
+def _size(value: Any) -> int:
+    """Rough payload size of an event (characters of every string in it, plus overhead):
+    what the replay log counts against ``max_bytes``."""
+    if isinstance(value, str):
+        return len(value) + 8
+    if isinstance(value, dict):
+        return 32 + sum(len(str(k)) + _size(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return 16 + sum(_size(v) for v in value)
+    return 8
 
 
 class EventLog:

@@ -2,10 +2,10 @@
 
 The gateway is the kernel's only direct client. Every socket is read continuously by its
 own task (so ZMQ high-water marks never drop output); replies and iopub/stdin messages are
-routed by their parent ``msg_id`` to the route registered for that request, and the rest go
-to ``on_unrouted``. The kernel owns the socket directory: sockets are opened with
-``O_PATH | O_NOFOLLOW`` and connected through ``/proc/self/fd`` so a planted symlink or a
-swapped file is never followed, and reconnects are disabled.
+routed by their parent ``msg_id`` to the route registered for that request; every iopub
+message is also shown to ``iopub_tap``. The kernel owns the socket directory: sockets are
+opened with ``O_PATH | O_NOFOLLOW`` and connected through ``/proc/self/fd`` so a planted
+symlink or a swapped file is never followed, and reconnects are disabled.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class KernelConnection:
         self._readers: list[asyncio.Task[None]] = []
         self._routes: dict[str, Route] = {}
         self._dead: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.on_unrouted: Route | None = None
+        # sees every iopub message, whoever asked (Jupyter clients watch the whole kernel)
+        self.iopub_tap: Callable[[Message], None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
     async def connect(self, timeout_s: float, died: asyncio.Future[Any] | None = None) -> Message:
@@ -201,15 +202,15 @@ class KernelConnection:
             self._dispatch(channel, msg)
 
     def _dispatch(self, channel: str, msg: Message) -> None:
-        parent_id = msg.get("parent_header", {}).get("msg_id")
-        route = self._routes.get(parent_id) if parent_id else None
-        if route is None:
-            route = self.on_unrouted
-        if route is not None:
-            try:
+        try:
+            if channel == "iopub" and self.iopub_tap is not None:
+                self.iopub_tap(msg)
+            parent_id = msg.get("parent_header", {}).get("msg_id")
+            route = self._routes.get(parent_id) if parent_id else None
+            if route is not None:
                 route(channel, msg)
-            except Exception:
-                log.exception("message route failed channel=%s", channel)
+        except Exception:
+            log.exception("message route failed channel=%s", channel)
 
     # ----------------------------------------------------------------- requests
     def route(self, msg_id: str, route: Route) -> None:

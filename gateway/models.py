@@ -146,3 +146,13 @@ class WsInterrupt(Request):
 
 class WsClientMessage(BaseModel):
     message: WsExecute | WsInputReply | WsInterrupt = Field(discriminator="type")
+
+
+# ---------------------------------------------------------------- Jupyter kernels API
+class JupyterKernelCreate(BaseModel):
+    """POST /api/kernels. Jupyter clients send fields of their own (path, ...): ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = Field(None, max_length=64)
+    env: dict[str, str] | None = None

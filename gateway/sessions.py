@@ -7,13 +7,15 @@ public method is called by the handlers and raises only GatewayError subclasses.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import collections
 import contextlib
 import logging
 import math
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import zmq.asyncio
@@ -21,6 +23,7 @@ import zmq.asyncio
 from gateway import errors
 from gateway.errors import KernelDied, KernelTimeout
 from gateway.events import EventLog, event_from_iopub
+from gateway.jupyter import status_message
 from gateway.kernel import KernelConnection, Message, Route
 from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec
 from gateway.metrics import Metrics
@@ -88,6 +91,33 @@ class Session:
         self.interrupt_requested = False
         self.events = events
         self.pending_input: dict[str, Message] = {}  # request id → the kernel's input_request
+        self.jupyter_clients: set[Callable[[Message], None]] = set()  # channels WebSockets
+        self.parked: dict[str, collections.deque[Message]] = {}  # iopub kept for gone clients
+        self.parked_max = 0
+        self.kernel_state = "starting"  # the kernel's own last iopub status
+
+    def tap(self, msg: Message) -> None:
+        """Every iopub message of the kernel: to Jupyter clients, and parked for gone ones."""
+        if msg["msg_type"] == "status":
+            self.kernel_state = str(msg["content"].get("execution_state", self.kernel_state))
+        for client in list(self.jupyter_clients):
+            client(msg)
+        for parked in self.parked.values():
+            parked.append(msg)
+
+    def park(self, client_session: str) -> None:
+        """Keep iopub for a Jupyter client that went away, until it reconnects (bounded)."""
+        if len(self.parked) >= 8:
+            self.parked.pop(next(iter(self.parked)))
+        self.parked[client_session] = collections.deque(maxlen=self.parked_max)
+
+    @property
+    def execution_state(self) -> str:
+        """The state a Jupyter client expects: starting/idle/busy/restarting/dead."""
+        if self.state in (SessionState.idle, SessionState.busy):
+            return "busy" if self.state == SessionState.busy else (
+                "busy" if self.kernel_state == "busy" else "idle")
+        return "dead" if self.state == SessionState.closed else self.state.value
 
     def set_state(self, state: SessionState) -> None:
         """Change state and tell the session's watchers."""
@@ -95,6 +125,8 @@ class Session:
             self.state = state
             self.events.publish({"type": "status", "state": state.value,
                                  "generation": self.generation})
+            if state in (SessionState.restarting, SessionState.dead):
+                self.tap(status_message(state.value))
 
     def touch(self) -> None:
         self.last_activity = _now()
@@ -146,10 +178,17 @@ class SessionManager:
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
         self._background: set[asyncio.Task[ExecuteResult]] = set()
+        self._by_kernel: dict[str, tuple[str, str]] = {}  # kernel_id → (owner, session_id)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self.launcher.check()
+        """Check the launcher and clear its orphans. A launcher that is not ready yet (no
+        engine, no image) is logged, not fatal: /readyz reports it until it is."""
+        try:
+            await self.launcher.check()
+            await self.launcher.adopt()  # removes orphans; no record claims any kernel yet
+        except errors.LauncherUnavailable as exc:
+            log.error("launcher not ready: %s", exc.message)
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def close(self) -> None:
@@ -184,6 +223,33 @@ class SessionManager:
 
     async def list(self, owner: str) -> list[SessionInfo]:
         return [s.info() for (o, _), s in self._sessions.items() if o == owner]
+
+    async def by_kernel(self, owner: str, kernel_id: str) -> Session:
+        """The session whose kernel id is ``kernel_id``. Raises SessionNotFound (also for
+        another key's kernel)."""
+        key = self._by_kernel.get(kernel_id)
+        if key is None or key[0] != owner:
+            raise errors.SessionNotFound(f"no kernel {kernel_id!r}")
+        return await self._ready(self._sessions[key])
+
+    def sessions_of(self, owner: str) -> builtins.list[Session]:
+        return [s for (o, _), s in self._sessions.items() if o == owner and s.ready.done()]
+
+    async def create_kernel(self, owner: str, env: dict[str, str] | None) -> Session:
+        """A new session for a Jupyter client; env keys outside the allowlist are ignored
+        (Jupyter clients send many ``KERNEL_*`` keys on their own)."""
+        allowed = set(self.settings.env_allowlist)
+        kept = {k: v for k, v in (env or {}).items() if k in allowed}
+        return await self._open(owner, uuid.uuid4().hex, None, kept)
+
+    async def live_connection(self, session: Session) -> KernelConnection:
+        """The session's kernel connection, starting a fresh kernel if the last one died."""
+        if session.conn is None or session.conn.dead:
+            async with self._turn(session):
+                if session.conn is None or session.conn.dead:
+                    await self._replace_kernel(session)
+        assert session.conn is not None
+        return session.conn
 
     # ------------------------------------------------------------------ create / delete
     def _resolve_limits(self, asked: Limits | None) -> Limits:
@@ -250,11 +316,14 @@ class SessionManager:
             )
         events = EventLog(self.settings.ws_replay_events, self.settings.ws_replay_bytes)
         session = Session(owner, session_id, resolved_limits, resolved_env, events)
+        session.parked_max = self.settings.jupyter_buffer_messages
         self._sessions[(owner, session_id)] = session  # reserves the slot while starting
+        self._by_kernel[session.kernel_id] = (owner, session_id)
         try:
             await self._start_kernel(session)
         except BaseException as exc:
             self._sessions.pop((owner, session_id), None)
+            self._by_kernel.pop(session.kernel_id, None)
             session.ready.set_exception(
                 exc if isinstance(exc, errors.GatewayError) else errors.KernelStartFailed(str(exc))
             )
@@ -274,6 +343,7 @@ class SessionManager:
     async def _discard(self, session: Session, *, remove_files: bool) -> None:
         if self._sessions.get((session.owner, session.id)) is session:
             del self._sessions[(session.owner, session.id)]
+            self._by_kernel.pop(session.kernel_id, None)
         session.set_state(SessionState.closed)
         self.metrics.sessions.set(len(self._sessions))
         handle = session.handle
@@ -296,6 +366,7 @@ class SessionManager:
         )
         handle = await self.launcher.launch(spec)
         conn = KernelConnection(handle.connection, self._zmq)
+        conn.iopub_tap = session.tap
         exited = asyncio.ensure_future(self.launcher.wait_exit(handle))
         try:
             await conn.connect(self.settings.kernel_start_timeout_s, exited)
@@ -310,6 +381,7 @@ class SessionManager:
             await self.launcher.terminate(handle, 0)
             raise
         session.handle, session.conn, session.exit_info = handle, conn, None
+        session.kernel_state = "idle"
         session.generation += 1
         session.execution_count = 0
         session.set_state(SessionState.idle)
@@ -608,7 +680,8 @@ class SessionManager:
             if life_s and now - session.created_mono > life_s:
                 doomed.append((session, "lifetime"))
             elif (idle_s and not session.busy and now - session.active_mono > idle_s
-                  and (self.settings.reap_connected or not session.events.watchers)):
+                  and (self.settings.reap_connected
+                       or not (session.events.watchers or session.jupyter_clients))):
                 doomed.append((session, "idle"))
         for session, why in doomed:
             log.info("reaping session_id=%s why=%s", session.id, why)

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(2_000_000, ge=1024)  # largest client message
     ws_ping_interval_s: float = Field(20.0, ge=0)  # pings to detect dead peers (0 = off)
 
+    # --- Jupyter API
+    jupyter_buffer_messages: int = Field(1000, ge=0)  # iopub kept for a disconnected client
+    jupyter_client_backlog: int = Field(10000, ge=1)  # unsent messages before a slow client is cut
+
     # --- sandbox limits: defaults for new sessions, and the most a session may ask for
     default_limits: Limits = Limits(memory_mb=512, cpus=1.0, pids=128, disk_mb=64)
     max_limits: Limits = Limits(memory_mb=4096, cpus=2.0, pids=1024, disk_mb=1024)

@@ -14,10 +14,11 @@ import functools
 import json
 import logging
 import secrets
+import urllib.parse
 from typing import Any
 
 import pydantic
-from tornado import websocket
+from tornado import web, websocket
 
 from gateway import errors
 from gateway.events import Event
@@ -36,13 +37,13 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
     def initialize(self, services: Services) -> None:
         super().initialize(services)
         self._queue: collections.deque[Event] = collections.deque()
-        self._dropped = 0
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._since: int | None = None
 
     async def prepare(self) -> None:
         # Everything that can fail does so here, before the upgrade, as a JSON HTTP error.
+        self._check_origin_header()
         self.authenticate()
         since = self.get_query_argument("since", None)
         if since is not None:
@@ -52,6 +53,18 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         session_id = self.path_kwargs["session_id"]
         self.session = await self.services.manager.attach(self.owner, session_id)
 
+    def _check_origin_header(self) -> None:
+        """Cross-site WebSocket hijacking guard, as a JSON 403 (tornado's own check, which
+        runs again after prepare(), answers in plain text)."""
+        headers = self.request.headers
+        origin = headers.get("Origin")
+        if origin is None or headers.get("Sec-Fetch-Site") in ("same-origin", "none"):
+            return
+        same_host = urllib.parse.urlsplit(origin).netloc.lower() == headers.get("Host", "").lower()
+        if not (same_host or self.check_origin(origin)):
+            raise web.HTTPError(403, "origin %s is not allowed (see allowed_origins)",
+                                origin[:200], reason="Forbidden")
+
     def check_origin(self, origin: str) -> bool:
         return self.origin_allowed(origin) or bool(super().check_origin(origin))
 
@@ -59,11 +72,14 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         return None
 
     def open(self, session_id: str) -> None:  # type: ignore[override]
-        events = self.session.events
-        self._enqueue({"type": "hello", "session_id": self.session.id, "last_seq": events.seq,
-                       "state": self.session.state.value, "generation": self.session.generation})
+        events, session = self.session.events, self.session
+        self._enqueue({"type": "hello", "session_id": session.id, "last_seq": events.seq,
+                       "state": session.state.value, "generation": session.generation,
+                       "execution_count": session.execution_count})
         if self._since is not None:
-            replay, gap = events.replay(self._since)
+            # a since beyond the log's end counts from another log (the session was recreated
+            # or the gateway restarted): everything in this one is new to the client
+            replay, gap = events.replay(self._since if self._since <= events.seq else 0)
             if gap is not None:
                 self._enqueue(gap)
             for event in replay:
@@ -72,10 +88,23 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         self._writer = asyncio.create_task(self._write_forever())
 
     def _enqueue(self, event: Event) -> None:
-        if len(self._queue) >= self.services.settings.ws_client_queue:
-            self._dropped += 1
+        """Queue ``event`` for this client. A full queue drops it, and a ``dropped`` notice
+        takes its place in the stream, counting every event lost there and their seq range
+        (so the client can fetch them again with ``since`` while the log still has them).
+        The queue holds at most ws_client_queue events plus one notice (and a final close)."""
+        queue = self._queue
+        if len(queue) < self.services.settings.ws_client_queue or _is_close(event):
+            queue.append(event)
         else:
-            self._queue.append(event)
+            seq = event.get("seq")
+            notice = queue[-1] if queue and queue[-1].get("type") == "dropped" else None
+            if notice is None:
+                notice = {"type": "dropped", "count": 0, "from_seq": seq, "to_seq": seq}
+                queue.append(notice)
+            notice["count"] += 1
+            if seq is not None:
+                notice["from_seq"] = notice["from_seq"] or seq
+                notice["to_seq"] = seq
         self._wake.set()
 
     async def _write_forever(self) -> None:
@@ -83,19 +112,15 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._queue or self._dropped:
-                    if self._dropped:
-                        count, self._dropped = self._dropped, 0
-                        await self.write_message(json.dumps(
-                            {"type": "dropped", "count": count,
-                             "message": f"{count} events dropped: this client reads too slowly"}
-                        ))
-                    if self._queue:
-                        event = self._queue.popleft()
-                        await self.write_message(json.dumps(event))
-                        if event.get("type") == "status" and event.get("state") == "closed":
-                            self.close(CLOSE_SESSION_GONE, "session closed")
-                            return
+                while self._queue:
+                    event = self._queue.popleft()
+                    if event.get("type") == "dropped":
+                        event["message"] = (f"{event['count']} events dropped: "
+                                            "this client reads too slowly")
+                    await self.write_message(json.dumps(event))
+                    if _is_close(event):
+                        self.close(CLOSE_SESSION_GONE, "session closed")
+                        return
         except websocket.WebSocketClosedError:
             return
 
@@ -144,3 +169,8 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
             session.events.unsubscribe(self._enqueue)
         if self._writer is not None:
             self._writer.cancel()
+
+
+def _is_close(event: Event) -> bool:
+    """The session's last event: always delivered, then the socket closes."""
+    return event.get("type") == "status" and event.get("state") == "closed"

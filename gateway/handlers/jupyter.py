@@ -1,0 +1,183 @@
+"""The Jupyter Server kernels API over the same sessions: /api/kernels... and the channels socket.
+
+A session is a kernel whose id is derived from (API key, session id), so JupyterLab (through
+``jupyter server --gateway-url``) and any kernel-protocol client can use sessions made over
+REST, and the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado import websocket
+
+from gateway import __version__, errors
+from gateway.handlers.base import ApiHandler, GatewayHandler, Services
+from gateway.jupyter import (
+    KERNEL_NAME,
+    V1_PROTOCOL,
+    Message,
+    from_legacy,
+    from_v1,
+    kernel_model,
+    kernelspec,
+    to_legacy,
+    to_v1,
+)
+from gateway.models import JupyterKernelCreate
+from gateway.sessions import Session
+
+log = logging.getLogger(__name__)
+
+CLOSE_TOO_SLOW = 4429
+
+
+def model_of(session: Session) -> dict[str, Any]:
+    return kernel_model(session.kernel_id, session.last_activity, session.execution_state,
+                        len(session.jupyter_clients))
+
+
+class JsonApiHandler(ApiHandler):
+    def send_json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body).encode())
+
+
+class ApiRootHandler(JsonApiHandler):
+    async def get(self) -> None:
+        self.send_json({"version": __version__, "server": "exec-gateway"})
+
+
+class KernelSpecsHandler(JsonApiHandler):
+    async def get(self) -> None:
+        self.send_json({"default": KERNEL_NAME, "kernelspecs": {KERNEL_NAME: kernelspec()}})
+
+
+class KernelSpecHandler(JsonApiHandler):
+    async def get(self, name: str) -> None:
+        if name != KERNEL_NAME:
+            raise errors.NotFound(f"no kernelspec {name!r}")
+        self.send_json(kernelspec())
+
+
+class KernelsHandler(JsonApiHandler):
+    async def get(self) -> None:
+        self.send_json([model_of(s) for s in self.services.manager.sessions_of(self.owner)])
+
+    async def post(self) -> None:
+        req = self.body(JupyterKernelCreate, empty_ok=True)
+        if req.name not in (None, "", KERNEL_NAME):
+            raise errors.NotFound(f"no kernelspec {req.name!r}; this gateway runs {KERNEL_NAME!r}")
+        session = await self.services.manager.create_kernel(self.owner, req.env)
+        self.set_header("Location", f"/api/kernels/{session.kernel_id}")
+        self.send_json(model_of(session), 201)
+
+
+class KernelHandler(JsonApiHandler):
+    async def get(self, kernel_id: str) -> None:
+        self.send_json(model_of(await self.services.manager.by_kernel(self.owner, kernel_id)))
+
+    async def delete(self, kernel_id: str) -> None:
+        session = await self.services.manager.by_kernel(self.owner, kernel_id)
+        await self.services.manager.delete(self.owner, session.id)
+        self.no_content()
+
+
+class KernelActionHandler(JsonApiHandler):
+    async def post(self, kernel_id: str, action: str) -> None:
+        manager = self.services.manager
+        session = await manager.by_kernel(self.owner, kernel_id)
+        if action == "interrupt":
+            await manager.interrupt(self.owner, session.id)
+            self.no_content()
+        else:
+            await manager.restart(self.owner, session.id)
+            self.send_json(model_of(session))
+
+
+class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
+    """/api/kernels/{id}/channels: Jupyter messages both ways, legacy or v1 framing."""
+
+    session: Session
+
+    def initialize(self, services: Services) -> None:
+        super().initialize(services)
+        self._v1 = False
+        self._client_session = ""
+        self._backlog = 0
+
+    async def prepare(self) -> None:
+        self.authenticate()
+        kernel_id = self.path_kwargs["kernel_id"]
+        self.session = await self.services.manager.by_kernel(self.owner, kernel_id)
+        self._client_session = self.get_query_argument("session_id", "")[:128]
+
+    def check_origin(self, origin: str) -> bool:
+        return self.origin_allowed(origin) or bool(super().check_origin(origin))
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return V1_PROTOCOL if V1_PROTOCOL in subprotocols else None
+
+    def get_compression_options(self) -> None:
+        return None
+
+    def open(self, kernel_id: str) -> None:  # type: ignore[override]
+        self._v1 = self.selected_subprotocol == V1_PROTOCOL
+        parked = self.session.parked.pop(self._client_session, None)
+        for msg in parked or ():
+            self._send(msg, "iopub")
+        self.session.jupyter_clients.add(self._on_iopub)
+        self.session.touch()
+
+    def _on_iopub(self, msg: Message) -> None:
+        self._send(msg, "iopub")
+
+    def _on_reply(self, channel: str, msg: Message) -> None:
+        if channel == "iopub":
+            return  # iopub reaches this client through the session's tap
+        self._send(msg, channel)
+        if channel in ("shell", "control") and self.session.conn is not None:
+            self.session.conn.unroute(msg["parent_header"].get("msg_id", ""))
+
+    def _send(self, msg: Message, channel: str) -> None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        if self._backlog >= self.services.settings.jupyter_client_backlog:
+            self.close(CLOSE_TOO_SLOW, "client reads too slowly")
+            return
+        frame = to_v1(msg, channel) if self._v1 else to_legacy(msg, channel)
+        self._backlog += 1
+        future = self.write_message(frame, binary=isinstance(frame, bytes))
+        future.add_done_callback(self._sent)
+
+    def _sent(self, future: Any) -> None:
+        self._backlog -= 1
+        if not future.cancelled():
+            future.exception()  # a closed socket is not an error worth logging
+
+    async def on_message(self, frame: str | bytes) -> None:
+        try:
+            channel, msg = from_v1(frame) if self._v1 else from_legacy(frame)  # type: ignore[arg-type]
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            log.info("dropped a malformed Jupyter message kernel_id=%s: %s",
+                     self.session.kernel_id, exc)
+            return
+        try:
+            conn = await self.services.manager.live_connection(self.session)
+        except errors.GatewayError as exc:
+            log.info("cannot reach kernel kernel_id=%s: %s", self.session.kernel_id, exc.message)
+            return
+        if channel in ("shell", "control"):
+            conn.route(msg["header"]["msg_id"], self._on_reply)
+        conn.send(channel, msg)
+        self.session.touch()
+
+    def on_close(self) -> None:
+        session = getattr(self, "session", None)
+        if session is None:
+            return
+        session.jupyter_clients.discard(self._on_iopub)
+        if self._client_session and session.parked_max:
+            session.park(self._client_session)
