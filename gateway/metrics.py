@@ -36,5 +36,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.pool_size = Gauge("gateway_pool_size", "Started kernels waiting in the warm pool",
+                               registry=self.registry)
+        self.pool_hits = Counter("gateway_pool_hits", "Sessions given a pooled kernel",
+                                 registry=self.registry)
+        self.pool_misses = Counter("gateway_pool_misses", "Kernel starts the pool could not serve",
+                                   registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -119,6 +119,7 @@ class Health(BaseModel):
     registry: str
     sessions: int
     max_sessions: int
+    pool_size: int = Field(0, description="started kernels ready for new sessions")
     default_limits: Limits
     max_limits: Limits
     checks: dict[str, str] = {}

@@ -39,6 +39,7 @@ from gateway.models import (
     SessionState,
 )
 from gateway.output import OutputCollector
+from gateway.pool import KernelPool, boot_kernel
 from gateway.registry import Registry, SessionRecord
 from gateway.settings import Settings
 
@@ -175,6 +176,8 @@ class SessionManager:
         self.metrics = metrics
         self._sessions: dict[tuple[str, str], Session] = {}
         self._zmq = zmq.asyncio.Context()
+        self.pool = KernelPool(settings, launcher, self._zmq, metrics,
+                               room=lambda: settings.max_sessions - len(self._sessions))
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
         self._background: set[asyncio.Task[ExecuteResult]] = set()
@@ -190,12 +193,14 @@ class SessionManager:
         except errors.LauncherUnavailable as exc:
             log.error("launcher not ready: %s", exc.message)
         self._reaper = asyncio.create_task(self._reap_forever())
+        self.pool.refill()
 
     async def close(self) -> None:
         """Stop the reaper and every kernel this process started."""
         self._closing = True
         if self._reaper is not None:
             self._reaper.cancel()
+        await self.pool.close()
         await asyncio.gather(
             *(self._discard(s, remove_files=False) for s in list(self._sessions.values())),
             return_exceptions=True,
@@ -351,43 +356,35 @@ class SessionManager:
         if remove_files and handle is not None:
             await self.launcher.remove_workspace(handle)
         await self.registry.delete(session.owner, session.id)
+        self.pool.refill()
         log.info("session closed session_id=%s", session.id)
 
     # ------------------------------------------------------------------ kernels
     async def _start_kernel(self, session: Session) -> None:
         """Launch and connect a fresh kernel for ``session``. Raises KernelStartFailed."""
         started = time.perf_counter()
-        spec = LaunchSpec(
-            session_id=session.id,
-            kernel_id=session.kernel_id,
-            owner=session.owner,
-            limits=session.limits,
-            env=session.env,
-        )
-        handle = await self.launcher.launch(spec)
-        conn = KernelConnection(handle.connection, self._zmq)
+        pooled = not session.env and session.limits == self.settings.default_limits
+        kernel = self.pool.take() if pooled else None
+        if kernel is None:
+            spec = LaunchSpec(
+                session_id=session.id,
+                kernel_id=session.kernel_id,
+                owner=session.owner,
+                limits=session.limits,
+                env=session.env,
+            )
+            kernel = await boot_kernel(self.launcher, spec, self._zmq,
+                                       self.settings.kernel_start_timeout_s)
+            self.metrics.kernel_starts.labels(self.launcher.name).inc()
+            self.metrics.kernel_start_seconds.observe(time.perf_counter() - started)
+        handle, conn, exited = kernel.handle, kernel.conn, kernel.exited
         conn.iopub_tap = session.tap
-        exited = asyncio.ensure_future(self.launcher.wait_exit(handle))
-        try:
-            await conn.connect(self.settings.kernel_start_timeout_s, exited)
-        except (KernelDied, KernelTimeout) as exc:
-            conn.close()
-            exited.cancel()
-            await self.launcher.terminate(handle, 0)
-            raise errors.KernelStartFailed(f"the kernel did not start: {exc}") from exc
-        except BaseException:
-            conn.close()
-            exited.cancel()
-            await self.launcher.terminate(handle, 0)
-            raise
         session.handle, session.conn, session.exit_info = handle, conn, None
         session.kernel_state = "idle"
         session.generation += 1
         session.execution_count = 0
         session.set_state(SessionState.idle)
         session.watcher = asyncio.create_task(self._watch(session, conn, exited))
-        self.metrics.kernel_starts.labels(self.launcher.name).inc()
-        self.metrics.kernel_start_seconds.observe(time.perf_counter() - started)
 
     async def _watch(
         self, session: Session, conn: KernelConnection, exited: asyncio.Future[ExitInfo]

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_lifetime_s: float = Field(0.0, ge=0)  # 0 = no lifetime cap
     reap_interval_s: float = Field(30.0, gt=0)
 
+    pool_size: int = Field(2, ge=0)  # started kernels kept ready for new sessions (0 = off)
+    pool_min_free_mb: int = Field(1024, ge=0)  # empty the pool when free memory is below this
+
     # --- execution
     default_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     max_timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)

@@ -26,6 +26,7 @@ class HealthHandler(ApiHandler):
             registry=s.registry.name,
             sessions=s.manager.count(),
             max_sessions=s.settings.max_sessions,
+            pool_size=len(s.manager.pool),
             default_limits=s.settings.default_limits,
             max_limits=s.settings.max_limits,
             checks=checks or {},
