@@ -47,7 +47,9 @@ class Settings(BaseSettings):
 
     # --- backends
     launcher: Literal["local", "docker"] = "local"
-    registry_url: str = "memory://"
+    registry_url: str = "memory://"  # or redis://[:password@]host:port/db, rediss:// for TLS
+    redis_key_prefix: str = "exec-gateway:"
+    redis_timeout_s: float = Field(5.0, gt=0)  # deadline of each Redis call
 
     # --- session lifecycle
     create_on_execute: bool = True  # POST .../execute creates an unknown session

@@ -1,5 +1,30 @@
 #!/usr/bin/env bash
-# Installs or starts what the test suite needs that pip cannot provide.
-# In CI (CI=true) anything missing is a failure, never a skip.
+# Installs or builds what the test suite needs that pip cannot provide: redis-server, a headless
+# Chromium with its driver, and the kernel image. Idempotent and quick when all is present.
+# In CI (CI=true) anything that cannot be had is a failure, never a skip.
 set -euo pipefail
-echo "test-deps: nothing beyond the Python packages yet"
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
+
+apt_install() {  # apt_install COMMAND PACKAGE...
+    local cmd=$1; shift
+    if command -v "$cmd" >/dev/null 2>&1; then return 0; fi
+    echo "test-deps: installing $* (apt-get)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+apt_install redis-server redis-server
+if [ -x scripts/install-browser.sh ] || [ -f scripts/install-browser.sh ]; then
+    bash scripts/install-browser.sh
+fi
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    bash kernel_image/build.sh
+elif [ "${CI:-}" = "true" ]; then
+    echo "test-deps: the Docker engine is not reachable; CI needs it" >&2
+    exit 1
+else
+    echo "test-deps: no Docker engine: the docker-launcher tests will be skipped (they fail in CI)"
+fi
+echo "test-deps: ready"

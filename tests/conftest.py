@@ -86,8 +86,9 @@ class Gateway:
         return self.proc.returncode
 
 
-def start_gateway(tmp: Path, **settings: Any) -> Gateway:
-    """Start ``python -m gateway`` with GATEWAY_* settings; returns once /healthz answers."""
+def start_gateway(tmp: Path, *, popen: dict[str, Any] | None = None, **settings: Any) -> Gateway:
+    """Start ``python -m gateway`` with GATEWAY_* settings (``popen``: extra Popen arguments,
+    e.g. another user); returns once /healthz answers."""
     port = free_port()
     token = settings.pop("token", secrets.token_urlsafe(24))
     env = {
@@ -107,7 +108,7 @@ def start_gateway(tmp: Path, **settings: Any) -> Gateway:
     log_path = tmp / f"gateway-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, **(popen or {}))
     gw = Gateway(f"http://127.0.0.1:{port}", token, proc, env, log_path)
 
     def healthy() -> bool:
@@ -137,13 +138,77 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         shutil.rmtree(gw.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """One local-launcher gateway shared by a test module."""
-    gateway = start_gateway(tmp_path_factory.mktemp("gw"), interrupt_grace_s=1)
+# ------------------------------------------------------------------ docker
+DOCKER_IMAGE = "exec-gateway-kernel:latest"
+LABEL_MANAGED = "exec-gateway.managed"
+LABEL_GATEWAY = "exec-gateway.gateway"
+RUN_ID = secrets.token_hex(3)  # instance ids of this run's docker gateways start with t<RUN_ID>
+
+
+def docker_instance_id(name: str = "") -> str:
+    """A gateway instance id unique to this test run (container names and labels carry it)."""
+    return f"t{RUN_ID}-{name or secrets.token_hex(3)}"
+
+
+def require_docker() -> Any:
+    """A docker client when the engine and the kernel image are here; otherwise skip, or
+    fail in CI (a missing engine or image is a broken build there, never a skip)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=30)
+        client.ping()
+        client.images.get(DOCKER_IMAGE)
+    except Exception as exc:
+        why = f"Docker engine or image {DOCKER_IMAGE} unavailable ({exc}); run `make kernel-image`"
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    return client
+
+
+def containers_of(client: Any, instance_id: str | None = None) -> list[Any]:
+    """Containers (any state) labelled by this project, of one gateway or of this run."""
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+    if instance_id is not None:
+        return [c for c in found if c.labels.get(LABEL_GATEWAY) == instance_id]
+    return [c for c in found if c.labels.get(LABEL_GATEWAY, "").startswith(f"t{RUN_ID}-")]
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """The engine, for tests that look at containers; at the end of the run, no container of
+    any gateway this run started may be left."""
+    client = require_docker()
+    yield client
+    left = containers_of(client)
+    for c in left:
+        c.remove(force=True)
+    client.close()
+    assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+LAUNCHERS = [pytest.param("local", id="local"),
+             pytest.param("docker", id="docker", marks=pytest.mark.docker)]
+
+
+@pytest.fixture(scope="module", params=LAUNCHERS)
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+       ) -> Iterator[Gateway]:
+    """One gateway per launcher shared by a test module: every test using it runs against the
+    local launcher, then against Docker (``-m "not docker"`` keeps the quick half)."""
+    settings: dict[str, Any] = {"interrupt_grace_s": 1}
+    client = None
+    if request.param == "docker":
+        client = request.getfixturevalue("docker_client")
+        settings.update(launcher="docker", instance_id=docker_instance_id())
+    gateway = start_gateway(tmp_path_factory.mktemp("gw"), **settings)
     yield gateway
     gateway.stop()
     shutil.rmtree(gateway.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
+    if client is not None:
+        left = containers_of(client, settings["instance_id"])
+        assert not left, f"the gateway left containers behind: {[c.name for c in left]}"
 
 
 @pytest.fixture
@@ -155,3 +220,221 @@ def sid(request: pytest.FixtureRequest) -> Iterator[str]:
     if "gw" in request.fixturenames:
         gateway: Gateway = request.getfixturevalue("gw")
         gateway.http.delete(f"/v1/sessions/{session_id}")
+
+
+# ------------------------------------------------------------------ Jupyter channels client
+V1_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+JupyterMessage = dict[str, Any]
+
+
+class KernelSocket:
+    """A Jupyter client on a ``/api/kernels/{id}/channels`` WebSocket, legacy or v1 framing.
+
+    Frames are made and read with jupyter_server's own (de)serializers, so the gateway is
+    checked against the reference implementation, not against itself. Every message read is
+    kept in ``received`` (in order); ``wait_for`` consumes from what was not matched yet.
+    """
+
+    def __init__(self, conn: Any, *, v1: bool) -> None:
+        from jupyter_client.session import Session
+
+        self.conn = conn
+        self.v1 = v1
+        self.session = Session(username="test")
+        self.sent: list[JupyterMessage] = []
+        self.received: list[tuple[str, JupyterMessage]] = []
+        self.frame_kinds: list[type] = []  # str or bytes, per frame received
+        self._unmatched: list[tuple[str, JupyterMessage]] = []
+
+    # ---------------------------------------------------------------- framing
+    def encode(self, channel: str, msg: JupyterMessage) -> str | bytes:
+        import json
+
+        from jupyter_client.jsonutil import json_default
+        from jupyter_server.services.kernels.connection.base import (
+            serialize_binary_message,
+            serialize_msg_to_ws_v1,
+        )
+
+        buffers = [bytes(b) for b in msg.get("buffers") or []]
+        parts = {k: msg[k] for k in ("header", "parent_header", "metadata", "content")}
+        if self.v1:
+            packed = [json.dumps(parts[k], default=json_default).encode() for k in parts]
+            return serialize_msg_to_ws_v1([*packed, *buffers], channel)  # type: ignore[no-any-return]
+        body = {**parts, "channel": channel}
+        if buffers:
+            return serialize_binary_message({**body, "buffers": buffers})  # type: ignore[no-any-return]
+        return json.dumps(body, default=json_default)
+
+    def decode(self, frame: str | bytes) -> tuple[str, JupyterMessage]:
+        import json
+
+        from jupyter_server.services.kernels.connection.base import (
+            deserialize_binary_message,
+            deserialize_msg_from_ws_v1,
+        )
+
+        if self.v1:
+            assert isinstance(frame, bytes), "v1 frames must be binary"
+            channel, parts = deserialize_msg_from_ws_v1(frame)
+            keys = ("header", "parent_header", "metadata", "content")
+            msg = {k: json.loads(p) for k, p in zip(keys, parts[:4], strict=True)}
+            msg["buffers"] = list(parts[4:])
+            return channel, msg
+        if isinstance(frame, bytes):
+            msg = deserialize_binary_message(frame)
+        else:
+            msg = json.loads(frame)
+            msg["buffers"] = []
+        return msg.pop("channel"), msg
+
+    # ---------------------------------------------------------------- sending
+    def message(self, msg_type: str, content: dict[str, Any] | None = None, *,
+                parent: JupyterMessage | None = None, buffers: list[bytes] | None = None,
+                metadata: dict[str, Any] | None = None) -> JupyterMessage:
+        msg: JupyterMessage = self.session.msg(msg_type, content or {},
+                                               parent=(parent or {}).get("header"),
+                                               metadata=metadata)
+        msg["buffers"] = list(buffers or [])
+        return msg
+
+    async def send(self, channel: str, msg_type: str, content: dict[str, Any] | None = None,
+                   **kw: Any) -> JupyterMessage:
+        msg = self.message(msg_type, content, **kw)
+        self.sent.append(msg)
+        await self.send_frame(self.encode(channel, msg))
+        return msg
+
+    async def send_frame(self, frame: str | bytes) -> None:
+        await self.conn.write_message(frame, binary=isinstance(frame, bytes))
+
+    # ---------------------------------------------------------------- receiving
+    async def recv(self, timeout_s: float = 30.0) -> tuple[str, JupyterMessage] | None:
+        """The next message, or None once the socket is closed. Fails after ``timeout_s``."""
+        import asyncio
+
+        frame = await asyncio.wait_for(self.conn.read_message(), timeout_s)
+        if frame is None:
+            return None
+        self.frame_kinds.append(type(frame))
+        item = self.decode(frame)
+        self.received.append(item)
+        return item
+
+    async def wait_for(self, match: Any, timeout_s: float = 30.0) -> JupyterMessage:
+        """The first unconsumed message for which ``match(channel, msg)`` is true."""
+        import time
+
+        for i, (channel, msg) in enumerate(self._unmatched):
+            if match(channel, msg):
+                del self._unmatched[i]
+                return msg
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching message within {timeout_s}s")
+            try:
+                item = await self.recv(left)
+            except TimeoutError:
+                raise AssertionError(f"no matching message within {timeout_s}s") from None
+            if item is None:
+                raise AssertionError("the socket closed before a matching message came")
+            if match(*item):
+                return item[1]
+            self._unmatched.append(item)
+
+    async def reply_to(self, request: JupyterMessage, channel: str = "shell",
+                       timeout_s: float = 30.0) -> JupyterMessage:
+        """The reply to ``request`` on ``channel`` and the kernel's idle status for it."""
+        msg_id = request["header"]["msg_id"]
+        reply = await self.wait_for(
+            lambda ch, m: ch == channel and m["parent_header"].get("msg_id") == msg_id, timeout_s)
+        await self.wait_for(
+            lambda ch, m: ch == "iopub" and m["header"]["msg_type"] == "status"
+            and m["content"]["execution_state"] == "idle"
+            and m["parent_header"].get("msg_id") == msg_id, timeout_s)
+        return reply
+
+    def iopub_of(self, request: JupyterMessage) -> list[JupyterMessage]:
+        """Every iopub message received so far that answers ``request``."""
+        msg_id = request["header"]["msg_id"]
+        return [m for ch, m in self.received
+                if ch == "iopub" and m["parent_header"].get("msg_id") == msg_id]
+
+    async def execute(self, code: str, *, allow_stdin: bool = False, timeout_s: float = 30.0
+                      ) -> tuple[JupyterMessage, list[JupyterMessage]]:
+        """Run ``code``: (execute_reply, the iopub messages of this request)."""
+        request = await self.send("shell", "execute_request", {
+            "code": code, "silent": False, "store_history": True, "user_expressions": {},
+            "allow_stdin": allow_stdin, "stop_on_error": True})
+        reply = await self.reply_to(request, timeout_s=timeout_s)
+        return reply, self.iopub_of(request)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def connect_kernel(base_url: str, kernel_id: str, token: str | None, *, v1: bool = False,
+                         session_id: str | None = None) -> KernelSocket:
+    """Open a channels WebSocket (``v1`` offers the v1 subprotocol). Raises HTTPClientError."""
+    import urllib.parse
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    url = base_url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
+    if session_id is not None:
+        url += "?" + urllib.parse.urlencode({"session_id": session_id})
+    headers = {"Authorization": f"token {token}"} if token is not None else {}
+    conn = await websocket_connect(HTTPRequest(url, headers=headers, request_timeout=30),
+                                   subprotocols=[V1_SUBPROTOCOL] if v1 else None,
+                                   max_message_size=64 * 1024 * 1024)
+    return KernelSocket(conn, v1=v1)
+
+
+@pytest.fixture
+async def kernel_ws() -> Any:
+    """``await kernel_ws(base_url, kernel_id, token, v1=..., session_id=...)``: a KernelSocket,
+    closed at the end of the test."""
+    opened: list[KernelSocket] = []
+
+    async def connect(*args: Any, **kw: Any) -> KernelSocket:
+        sock = await connect_kernel(*args, **kw)
+        opened.append(sock)
+        return sock
+
+    yield connect
+    for sock in opened:
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port (installed by scripts/test-deps.sh)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (scripts/test-deps.sh installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_until(up, 10)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)

@@ -54,4 +54,9 @@ def make_registry(settings: Settings) -> Registry:
         from gateway.registry.memory import MemoryRegistry
 
         return MemoryRegistry()
+    if settings.registry_url.startswith(("redis:", "rediss:", "unix:")):
+        from gateway.registry.redis import RedisRegistry
+
+        return RedisRegistry(settings.registry_url, settings.redis_key_prefix,
+                             settings.redis_timeout_s)
     raise ValueError(f"unsupported registry_url scheme: {settings.registry_url.split(':')[0]!r}")
