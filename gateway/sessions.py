@@ -189,22 +189,91 @@ class SessionManager:
         engine, no image) is logged, not fatal: /readyz reports it until it is."""
         try:
             await self.launcher.check()
-            await self.launcher.adopt()  # removes orphans; no record claims any kernel yet
+            await self._restore()
         except errors.LauncherUnavailable as exc:
             log.error("launcher not ready: %s", exc.message)
         self._reaper = asyncio.create_task(self._reap_forever())
         self.pool.refill()
 
+    async def _restore(self) -> None:
+        """Bring back this gateway's sessions from the registry after a restart.
+
+        Kernels still running are re-adopted with their variables; sessions whose sandbox
+        vanished come back ``dead`` (the next call starts a fresh interpreter). The launcher
+        removes kernels of ours that no record claims.
+        """
+        mine = [r for r in await self.registry.list()
+                if r.gateway_id == self.settings.instance_id]
+        handles = [r.handle for r in mine if r.handle is not None]
+        alive = {h.ref for h in await self.launcher.adopt(handles)}
+        for record in mine:
+            session = Session(record.owner, record.session_id, record.limits, {},
+                              EventLog(self.settings.ws_replay_events,
+                                       self.settings.ws_replay_bytes))
+            session.parked_max = self.settings.jupyter_buffer_messages
+            session.generation, session.execution_count = record.generation, record.execution_count
+            session.created_at, session.last_activity = record.created_at, record.last_activity
+            session.handle = record.handle
+            if record.handle is not None and record.handle.ref in alive:
+                await self._reconnect(session, record.handle)
+            else:
+                session.exit_info = ExitInfo(vanished=True)
+                session.set_state(SessionState.dead)
+            self._sessions[(session.owner, session.id)] = session
+            self._by_kernel[session.kernel_id] = (session.owner, session.id)
+            session.ready.set_result(None)
+            await self.registry.put(session.record(self.settings.instance_id))
+            log.info("session restored session_id=%s state=%s", session.id, session.state.value)
+        self.metrics.sessions.set(len(self._sessions))
+
+    async def _reconnect(self, session: Session, handle: KernelHandle) -> None:
+        conn = KernelConnection(handle.connection, self._zmq)
+        conn.iopub_tap = session.tap
+        exited = asyncio.ensure_future(self.launcher.wait_exit(handle))
+        try:
+            await conn.connect(self.settings.kernel_start_timeout_s, exited)
+        except (KernelDied, KernelTimeout) as exc:
+            log.warning("could not re-adopt kernel session_id=%s: %s", session.id, exc)
+            conn.close()
+            exited.cancel()
+            session.exit_info = ExitInfo(vanished=True)
+            session.set_state(SessionState.dead)
+            return
+        session.conn = conn
+        session.kernel_state = "idle"
+        session.set_state(SessionState.idle)
+        session.watcher = asyncio.create_task(self._watch(session, conn, exited))
+
+    @property
+    def keep_kernels(self) -> bool:
+        """Whether shutdown leaves kernels running for re-adoption (shared registry + docker)."""
+        keep = self.settings.keep_kernels_on_shutdown
+        if keep is None:
+            keep = self.registry.name != "memory" and self.launcher.name == "docker"
+        return keep
+
     async def close(self) -> None:
-        """Stop the reaper and every kernel this process started."""
+        """Stop the reaper and, unless they are kept for re-adoption, every kernel."""
         self._closing = True
         if self._reaper is not None:
             self._reaper.cancel()
         await self.pool.close()
-        await asyncio.gather(
-            *(self._discard(s, remove_files=False) for s in list(self._sessions.values())),
-            return_exceptions=True,
-        )
+        if self.keep_kernels:
+            # a shared registry keeps the records; the next gateway process re-adopts them
+            for session in list(self._sessions.values()):
+                if session.conn is not None:
+                    session.conn.close()
+                if session.watcher is not None:
+                    session.watcher.cancel()
+                with contextlib.suppress(errors.GatewayError):
+                    await self.registry.put(session.record(self.settings.instance_id))
+            log.info("left %d session kernels running for the next gateway process",
+                     len(self._sessions))
+        else:
+            await asyncio.gather(
+                *(self._discard(s, remove_files=False) for s in list(self._sessions.values())),
+                return_exceptions=True,
+            )
         await self.launcher.close()
         await self.registry.close()
         self._zmq.term()

@@ -6,6 +6,7 @@ Read once by ``__main__`` and passed down; nothing else reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +39,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8888, ge=0, le=65535)
     public_url: str | None = None  # printed at start-up; defaults to http://host:port/
-    instance_id: str = Field(default_factory=lambda: os.urandom(4).hex())
+    # names this gateway in session records and container labels; stable across restarts so a
+    # restarted gateway re-adopts its sessions. Give each replica its own.
+    instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    keep_kernels_on_shutdown: bool | None = None  # None: keep them with redis + docker
 
     # --- auth
     token: SecretStr | None = None  # one API key; generated and printed if no key is configured

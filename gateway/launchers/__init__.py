@@ -48,9 +48,12 @@ class ExitInfo(BaseModel):
     exit_code: int | None = None
     signal: int | None = None
     oom_killed: bool = False
+    vanished: bool = False  # the sandbox was gone when the gateway looked for it
 
     @property
     def reason(self) -> str:
+        if self.vanished:
+            return "the sandbox was gone when the gateway restarted"
         if self.oom_killed:
             return "memory limit exceeded (killed by the out-of-memory killer)"
         if self.signal is not None:
@@ -76,8 +79,9 @@ class Launcher(Protocol):
     async def remove_workspace(self, handle: KernelHandle) -> None:
         """Delete the session's files (called when the session itself is deleted)."""
 
-    async def adopt(self) -> list[KernelHandle]:
-        """Kernels of this gateway still running from an earlier process (may be empty)."""
+    async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
+        """Of ``handles`` (from the registry), those whose kernels still run; every other
+        kernel labelled as this gateway's is removed. Called once at start-up."""
 
     async def close(self) -> None:
         """Release the launcher's own resources (not the kernels)."""

@@ -201,7 +201,7 @@ class LocalLauncher:
         if workdir:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
-    async def adopt(self) -> list[KernelHandle]:
+    async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
         return []  # local kernels die with the gateway (parent-death signal)
 
     async def close(self) -> None:

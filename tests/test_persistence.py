@@ -1,0 +1,97 @@
+"""Sessions outlive the gateway: Redis registry + Docker launcher, restart re-adoption."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from tests.conftest import IN_CI, Gateway, docker_instance_id, wait_until
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture
+def durable(gateway_factory, redis_url: str, docker_client):
+    """Start gateways that share one Redis database, one instance id and one runtime dir."""
+    instance = docker_instance_id("persist")
+    runtime = f"/tmp/egp-{secrets.token_hex(3)}"
+    token = secrets.token_urlsafe(24)
+
+    def start() -> Gateway:
+        return gateway_factory(launcher="docker", registry_url=redis_url, instance_id=instance,
+                               redis_key_prefix=f"{instance}:", runtime_dir=runtime,
+                               token=token, pool_size=0)
+
+    yield start
+    subprocess.run(["docker", "rm", "-f", *_containers(instance)], capture_output=True)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _containers(instance: str) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter",
+                          f"label=exec-gateway.gateway={instance}"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_variables_survive_a_gateway_restart(durable, how: int) -> None:
+    first = durable()
+    before = first.execute("keep", "x = 'still here'\nx")
+    assert before["status"] == "ok"
+    first.stop(how)
+    second = durable()
+    after = second.execute("keep", "x")
+    assert after["status"] == "ok", after
+    assert after["outputs"][0]["data"]["text/plain"] == "'still here'"
+    assert after["generation"] == before["generation"]
+    assert after["state_preserved"] is True
+
+
+def test_session_whose_container_vanished_reports_dead(durable) -> None:
+    first = durable()
+    first.execute("gone", "y = 1")
+    instance = first.env["GATEWAY_INSTANCE_ID"]
+    first.stop(signal.SIGTERM)
+    subprocess.run(["docker", "rm", "-f", *_containers(instance)], check=True,
+                   capture_output=True)
+    second = durable()
+    info = second.http.get("/v1/sessions/gone")
+    assert info.status_code == 200 and info.json()["state"] == "dead"
+    result = second.execute("gone", "'y' in dir()")
+    assert result["status"] == "ok"
+    assert result["state_preserved"] is False
+    assert result["outputs"][0]["data"]["text/plain"] == "False"
+
+
+def test_orphan_containers_are_removed_at_start(durable) -> None:
+    first = durable()
+    first.execute("o", "1")
+    instance = first.env["GATEWAY_INSTANCE_ID"]
+    first.stop(signal.SIGKILL)
+    # forget the record: the running container is now claimed by nobody
+    import redis
+
+    r = redis.Redis.from_url(first.env["GATEWAY_REGISTRY_URL"])
+    index = f"{instance}:sessions"
+    for key in r.smembers(index):
+        r.delete(key)
+    r.delete(index)
+    assert _containers(instance)
+    durable()
+    wait_until(lambda: not _containers(instance), 30)
+
+
+def test_compose_file_validates() -> None:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        if IN_CI:
+            pytest.fail("docker-compose is not installed")
+        pytest.skip("docker-compose is not installed")
+    done = subprocess.run([tool, "config", "-q"], capture_output=True, text=True,
+                          env={"GATEWAY_TOKEN": "x" * 20, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
