@@ -9,6 +9,8 @@
 #   KERNEL_BASE        base image to build FROM     (default: python:3.11-slim if it is
 #                      present locally, else a local Debian bookworm base built here)
 #   KERNEL_LOCAL_BASE  tag of that local base       (default exec-gateway-base:bookworm)
+#   KERNEL_CACHE_TAG   tag kept on the venv build stage, the cache of the slow
+#                      step                         (default exec-gateway-kernel-build:venv)
 #   KERNEL_APT_SOURCES space-separated apt sources files for mmdebstrap
 #                      (default: this machine's own, from /etc/apt)
 #   PYTHON             host interpreter whose pip downloads the wheels (default python3)
@@ -21,6 +23,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 KERNEL_IMAGE="${KERNEL_IMAGE:-exec-gateway-kernel:latest}"
 KERNEL_LOCAL_BASE="${KERNEL_LOCAL_BASE:-exec-gateway-base:bookworm}"
+KERNEL_CACHE_TAG="${KERNEL_CACHE_TAG:-exec-gateway-kernel-build:venv}"
 PYTHON="${PYTHON:-python3}"
 WHEELS="$here/.wheels"
 SUITE=bookworm          # the base's Debian release: its python3 is 3.11
@@ -45,11 +48,13 @@ image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 # another Debian release its codename is replaced by bookworm in a copy.
 apt_sources() {
     if [ -n "${KERNEL_APT_SOURCES:-}" ]; then
+        # shellcheck disable=SC2086  # a space-separated list, split on purpose
         printf '%s\n' $KERNEL_APT_SOURCES
         return
     fi
     local host_codename="" f out=()
     if [ -r /etc/os-release ]; then
+        # shellcheck disable=SC1091
         host_codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
     fi
     local candidates=()
@@ -62,8 +67,9 @@ apt_sources() {
             out+=("$f")
         elif [ -n "$host_codename" ] && [ "$host_codename" != "$SUITE" ] &&
              grep -Eq "(^|[[:space:]])${host_codename}(-[a-z]+)?([[:space:]]|\$)" "$f"; then
-            local copy="$tmpdir/$(basename "$f")"
-            sed -E "s/(^|[[:space:]])${host_codename}(-[a-z]+)?([[:space:]]|\$)/\\1${SUITE}\\2\\3/g" "$f" > "$copy"
+            local copy
+            copy="$tmpdir/$(basename "$f")"
+            sed -E -e ':a' -e "s/(^|[[:space:]])${host_codename}(-[a-z]+)?([[:space:]]|\$)/\\1${SUITE}\\2\\3/" -e 'ta' "$f" > "$copy"
             out+=("$copy")
         fi
     done
@@ -81,10 +87,12 @@ build_local_base() {
     [ -d "$hookdir" ] || die "mmdebstrap hook dir $hookdir missing"
     local sources=()
     mapfile -t sources < <(apt_sources)
+    [ "${#sources[@]}" -gt 0 ] || die "no apt sources for $SUITE (see above); set KERNEL_APT_SOURCES or KERNEL_BASE"
     info "apt sources: ${sources[*]}"
     # python3 + python3-venv is all the kernel needs from Debian: ipykernel and
     # the rest come as wheels into a venv (debugpy from a wheel needs no gdb).
     local log="$tmpdir/mmdebstrap.log"
+    # shellcheck disable=SC2016  # "$1" in the hook is expanded by mmdebstrap's shell
     if ! as_root mmdebstrap \
         --quiet \
         --variant=apt \
@@ -183,6 +191,11 @@ then
     tail -n 40 "$log" >&2
     die "docker build failed (log above; exit statuses docker|tee|sed: $st)"
 fi
+
+# Tag the venv stage too: it is the build cache of the slow step, and as an
+# untagged image `docker image prune` would delete it.
+docker build --network none --build-arg BASE="$base" --target venv \
+    -t "$KERNEL_CACHE_TAG" -f "$here/Dockerfile" "$here" >/dev/null 2>&1 || :
 
 size="$(docker image inspect -f '{{.Size}}' "$KERNEL_IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 step "done: $KERNEL_IMAGE ($size) in $((SECONDS - t0))s"
