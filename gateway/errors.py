@@ -93,6 +93,20 @@ class ShuttingDown(GatewayError):
     status, code = 503, "shutting_down"
 
 
+class OwnerUnreachable(GatewayError):
+    status, code = 503, "owner_unreachable"
+
+
+class Forward(GatewayError):
+    """Internal: another replica owns the session; handlers forward the call to ``url``."""
+
+    status, code = 503, "owner_unreachable"
+
+    def __init__(self, url: str) -> None:
+        super().__init__("the gateway that owns this session cannot be reached")
+        self.url = url
+
+
 class KernelDied(Exception):
     """Internal: the kernel process went away while a request was waiting on it."""
 

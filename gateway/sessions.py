@@ -150,7 +150,7 @@ class Session:
             limits=self.limits,
         )
 
-    def record(self, gateway_id: str) -> SessionRecord:
+    def record(self, gateway_id: str, gateway_url: str | None = None) -> SessionRecord:
         return SessionRecord(
             session_id=self.id,
             owner=self.owner,
@@ -163,6 +163,7 @@ class Session:
             execution_count=self.execution_count,
             limits=self.limits,
             handle=self.handle,
+            gateway_url=gateway_url,
         )
 
 
@@ -222,7 +223,7 @@ class SessionManager:
             self._sessions[(session.owner, session.id)] = session
             self._by_kernel[session.kernel_id] = (session.owner, session.id)
             session.ready.set_result(None)
-            await self.registry.put(session.record(self.settings.instance_id))
+            await self._save(session)
             log.info("session restored session_id=%s state=%s", session.id, session.state.value)
         self.metrics.sessions.set(len(self._sessions))
 
@@ -266,7 +267,7 @@ class SessionManager:
                 if session.watcher is not None:
                     session.watcher.cancel()
                 with contextlib.suppress(errors.GatewayError):
-                    await self.registry.put(session.record(self.settings.instance_id))
+                    await self._save(session)
             log.info("left %d session kernels running for the next gateway process",
                      len(self._sessions))
         else:
@@ -285,6 +286,30 @@ class SessionManager:
             raise errors.SessionNotFound(f"no session {session_id!r}")
         return session
 
+    async def _locate(self, owner: str, session_id: str) -> Session:
+        """The live session, here; raises Forward if another replica owns it, else
+        SessionNotFound. A local hit never touches the registry (the execute hot path)."""
+        session = self._sessions.get((owner, check_session_id(session_id)))
+        if session is not None:
+            return await self._ready(session)
+        await self._forward_if_elsewhere(owner, session_id)
+        raise errors.SessionNotFound(f"no session {session_id!r}")
+
+    async def _forward_if_elsewhere(self, owner: str, session_id: str) -> None:
+        record = await self.registry.get(owner, session_id)
+        if record is not None and record.gateway_id != self.settings.instance_id:
+            if not record.gateway_url:
+                raise errors.OwnerUnreachable(
+                    f"session {session_id!r} lives on gateway {record.gateway_id!r}, "
+                    "which published no internal URL")
+            raise errors.Forward(record.gateway_url)
+
+    async def _save(self, session: Session) -> None:
+        """Write the session's record (state changes only; never on the execute hot path)."""
+        await self.registry.put(
+            session.record(self.settings.instance_id, self.settings.advertised_url)
+        )
+
     async def _ready(self, session: Session) -> Session:
         await asyncio.shield(session.ready)
         return session
@@ -293,10 +318,15 @@ class SessionManager:
         return len(self._sessions)
 
     async def get(self, owner: str, session_id: str) -> SessionInfo:
-        return (await self._ready(self._find(owner, session_id))).info()
+        return (await self._locate(owner, session_id)).info()
 
     async def list(self, owner: str) -> list[SessionInfo]:
-        return [s.info() for (o, _), s in self._sessions.items() if o == owner]
+        """This key's sessions, here and (with a shared registry) on other replicas."""
+        here = [s.info() for (o, _), s in self._sessions.items() if o == owner]
+        if self.registry.name == "memory":
+            return here
+        ids = {info.id for info in here}
+        return here + [r.info() for r in await self.registry.list(owner) if r.session_id not in ids]
 
     async def by_kernel(self, owner: str, kernel_id: str) -> Session:
         """The session whose kernel id is ``kernel_id``. Raises SessionNotFound (also for
@@ -357,7 +387,7 @@ class SessionManager:
     async def create(self, owner: str, req: CreateSession) -> SessionInfo:
         """Create a session and start its kernel. Raises SessionExists, capacity errors."""
         session_id = req.session_id or uuid.uuid4().hex
-        if (owner, session_id) in self._sessions:
+        if (owner, session_id) in self._sessions or await self.registry.get(owner, session_id):
             raise errors.SessionExists(f"session {session_id!r} already exists")
         session = await self._open(owner, session_id, req.limits, req.env)
         return session.info()
@@ -366,6 +396,7 @@ class SessionManager:
         session = self._sessions.get((owner, check_session_id(session_id)))
         if session is not None:
             return await self._ready(session)
+        await self._forward_if_elsewhere(owner, session_id)
         if not self.settings.create_on_execute:
             raise errors.SessionNotFound(
                 f"no session {session_id!r} (create it first with POST /v1/sessions)"
@@ -405,11 +436,14 @@ class SessionManager:
             raise
         session.ready.set_result(None)
         self.metrics.sessions.set(len(self._sessions))
-        await self.registry.put(session.record(self.settings.instance_id))
+        await self._save(session)
         return session
 
     async def delete(self, owner: str, session_id: str) -> None:
-        session = self._find(owner, session_id)
+        session = self._sessions.get((owner, check_session_id(session_id)))
+        if session is None:
+            await self._locate(owner, session_id)  # forwards, or raises SessionNotFound
+            return
         with contextlib.suppress(errors.GatewayError):
             await self._ready(session)
         await self._discard(session, remove_files=True)
@@ -485,18 +519,18 @@ class SessionManager:
         except errors.GatewayError:
             session.set_state(SessionState.dead)
             raise
-        await self.registry.put(session.record(self.settings.instance_id))
+        await self._save(session)
 
     async def restart(self, owner: str, session_id: str) -> SessionInfo:
         """Fresh interpreter, same id; waits for a running cell's turn (FIFO)."""
-        session = await self._ready(self._find(owner, session_id))
+        session = await self._locate(owner, session_id)
         async with self._turn(session):
             await self._replace_kernel(session)
             session.touch()
         return session.info()
 
     async def interrupt(self, owner: str, session_id: str) -> None:
-        session = await self._ready(self._find(owner, session_id))
+        session = await self._locate(owner, session_id)
         conn = session.conn
         if conn is None or conn.dead:
             return

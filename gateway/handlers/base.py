@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
 from typing import Any, TypeVar
 
 import pydantic
-from tornado import web
+from tornado import httpclient, web
 
 from gateway import errors
 from gateway.auth import Auth
@@ -177,6 +179,34 @@ class ApiHandler(GatewayHandler):
         except pydantic.ValidationError as exc:
             raise validation_error(exc) from None
 
+    async def forward(self, base_url: str) -> None:
+        """Replay this request on the replica at ``base_url`` and relay its answer."""
+        settings = self.services.settings
+        headers = {FORWARDED_HEADER: settings.instance_id, "Content-Type": "application/json"}
+        if "Authorization" in self.request.headers:
+            headers["Authorization"] = self.request.headers["Authorization"]
+        body = b"".join(self._chunks) if self.request.method == "POST" else None
+        try:
+            response = await httpclient.AsyncHTTPClient().fetch(
+                base_url + self.request.uri, method=self.request.method, headers=headers,
+                body=body, raise_error=False, allow_nonstandard_methods=True,
+                request_timeout=settings.max_timeout_s + settings.kernel_start_timeout_s + 30,
+            )
+        except OSError as exc:
+            raise errors.OwnerUnreachable(
+                f"the gateway that owns this session cannot be reached: {exc}") from exc
+        if response.code == 599:
+            raise errors.OwnerUnreachable("the gateway that owns this session cannot be reached")
+        self.set_status(response.code)
+        for name in ("Content-Type", "Location"):
+            if name in response.headers:
+                self.set_header(name, response.headers[name])
+        if response.code == 204:
+            self.clear_header("Content-Type")
+            self.finish()
+        else:
+            self.finish(response.body)
+
     def send(self, model: pydantic.BaseModel, status: int = 200) -> None:
         self.set_status(status)
         self.finish(model.model_dump_json())
@@ -185,6 +215,26 @@ class ApiHandler(GatewayHandler):
         self.set_status(204)
         self.clear_header("Content-Type")
         self.finish()
+
+FORWARDED_HEADER = "X-Exec-Gateway-Forwarded-By"
+Method = Callable[..., Awaitable[None]]
+
+
+def forwardable(method: Method) -> Method:
+    """Serve a session that another replica owns by forwarding the call to it (once)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: ApiHandler, *args: Any, **kwargs: Any) -> None:
+        try:
+            await method(self, *args, **kwargs)
+        except errors.Forward as exc:
+            if self.request.headers.get(FORWARDED_HEADER):
+                raise errors.OwnerUnreachable("the session moved while the call was forwarded"
+                                              ) from None
+            await self.forward(exc.url)
+
+    return wrapper
+
 
 class NotFoundHandler(ApiHandler):
     """Every unknown path: a JSON 404 (no auth needed to learn a path does not exist)."""

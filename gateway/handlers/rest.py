@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.handlers.base import ApiHandler
+from gateway.handlers.base import ApiHandler, forwardable
 from gateway.models import CreateSession, ExecuteRequest, SessionList
 
 
@@ -18,26 +18,31 @@ class SessionsHandler(ApiHandler):
 
 
 class SessionHandler(ApiHandler):
+    @forwardable
     async def get(self, session_id: str) -> None:
         self.send(await self.services.manager.get(self.owner, session_id))
 
+    @forwardable
     async def delete(self, session_id: str) -> None:
         await self.services.manager.delete(self.owner, session_id)
         self.no_content()
 
 
 class ExecuteHandler(ApiHandler):
+    @forwardable
     async def post(self, session_id: str) -> None:
         req = self.body(ExecuteRequest)
         self.send(await self.services.manager.execute(self.owner, session_id, req))
 
 
 class InterruptHandler(ApiHandler):
+    @forwardable
     async def post(self, session_id: str) -> None:
         await self.services.manager.interrupt(self.owner, session_id)
         self.no_content()
 
 
 class RestartHandler(ApiHandler):
+    @forwardable
     async def post(self, session_id: str) -> None:
         self.send(await self.services.manager.restart(self.owner, session_id))

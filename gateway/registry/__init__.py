@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import BaseModel
 
 from gateway.launchers import KernelHandle
-from gateway.models import Limits, SessionState
+from gateway.models import Limits, SessionInfo, SessionState
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -30,6 +30,15 @@ class SessionRecord(BaseModel):
     execution_count: int
     limits: Limits
     handle: KernelHandle | None = None
+    gateway_url: str | None = None  # where other replicas forward calls for this session
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            id=self.session_id, kernel_id=self.kernel_id, state=self.state,
+            generation=self.generation, created_at=self.created_at,
+            last_activity=self.last_activity, execution_count=self.execution_count,
+            queued=0, limits=self.limits,
+        )
 
 
 class Registry(Protocol):
