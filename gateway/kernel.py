@@ -129,7 +129,8 @@ class KernelConnection:
             sock = self._context.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, -1)
-            sock.setsockopt(zmq.RCVHWM, 0)  # never drop on our side; we bound memory ourselves
+            # default RCVHWM: when the gateway lags, ZMQ stops reading and the backlog waits in
+            # the kernel (whose PUB never drops, see kernel_boot.py), not in the gateway
             if kind == zmq.DEALER:
                 # the kernel sends stdin requests to the identity that sent the shell request
                 sock.setsockopt(zmq.IDENTITY, identity)

@@ -179,6 +179,8 @@ fi
 # --- 3. docker build (offline) ----------------------------------------------
 [ -x "$here/kernel-entry" ] || die "kernel_image/kernel-entry is not executable (chmod 0755 it)"
 step "3/3 docker build $KERNEL_IMAGE (FROM $base, --network none)"
+# the kernel's entry module has one source, in the gateway package: copy it into the context
+cp -p "$here/../gateway/kernel_boot.py" "$here/kernel_boot.py"
 log="$tmpdir/docker-build.log"
 if ! docker build --network none \
         --build-arg BASE="$base" \

@@ -1,9 +1,10 @@
 """WebSocket v1 (/v1/sessions/{id}/ws): live output of every run in a session, input(), interrupt.
 
 Every watcher of a session gets every event of the session, whoever started the run. Each
-client has a bounded queue: a client that reads too slowly loses events (and is told how
-many with a ``dropped`` event) instead of growing the gateway. Runs continue when their
-client goes away; ``?since=<seq>`` replays what a reconnecting client missed.
+client has a bounded queue: when it is full, consecutive output of one stream is folded into
+one event (nothing is lost), and anything else is dropped — the client is told how many, and
+which seqs, with a ``dropped`` event — instead of growing the gateway. Runs continue when
+their client goes away; ``?since=<seq>`` replays what a reconnecting client missed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from tornado import web, websocket
 from gateway import errors
 from gateway.events import Event
 from gateway.handlers.base import GatewayHandler, Services, validation_error
-from gateway.models import ExecuteRequest, WsClientMessage, WsExecute, WsInputReply
+from gateway.models import (
+    ExecuteRequest,
+    SessionState,
+    WsClientMessage,
+    WsExecute,
+    WsInputReply,
+)
 from gateway.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -40,14 +47,18 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._since: int | None = None
+        self._limit = 0
 
     async def prepare(self) -> None:
         # Everything that can fail does so here, before the upgrade, as a JSON HTTP error.
         self._check_origin_header()
         self.authenticate()
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            # before attach(): a plain GET must not start a kernel
+            raise errors.BadRequest("this endpoint speaks WebSocket only (Upgrade: websocket)")
         since = self.get_query_argument("since", None)
         if since is not None:
-            if not since.isdigit():
+            if not (since.isascii() and since.isdigit() and len(since) <= 18):
                 raise errors.ValidationFailed("since must be a non-negative integer")
             self._since = int(since)
         session_id = self.path_kwargs["session_id"]
@@ -62,8 +73,8 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
             return
         same_host = urllib.parse.urlsplit(origin).netloc.lower() == headers.get("Host", "").lower()
         if not (same_host or self.check_origin(origin)):
-            raise web.HTTPError(403, "origin %s is not allowed (see allowed_origins)",
-                                origin[:200], reason="Forbidden")
+            raise web.HTTPError(403, f"origin {origin[:200]!r} is not allowed here "
+                                "(allowed_origins)", reason="Forbidden")
 
     def check_origin(self, origin: str) -> bool:
         return self.origin_allowed(origin) or bool(super().check_origin(origin))
@@ -73,52 +84,87 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
 
     def open(self, session_id: str) -> None:  # type: ignore[override]
         events, session = self.session.events, self.session
-        self._enqueue({"type": "hello", "session_id": session.id, "last_seq": events.seq,
-                       "state": session.state.value, "generation": session.generation,
-                       "execution_count": session.execution_count})
+        if session.state == SessionState.closed:  # deleted during the handshake
+            self.close(CLOSE_SESSION_GONE, "session closed")
+            return
+        self._queue.append({"type": "hello", "session_id": session.id, "last_seq": events.seq,
+                            "state": session.state.value, "generation": session.generation,
+                            "execution_count": session.execution_count})
         if self._since is not None:
             # a since beyond the log's end counts from another log (the session was recreated
             # or the gateway restarted): everything in this one is new to the client
             replay, gap = events.replay(self._since if self._since <= events.seq else 0)
-            if gap is not None:
-                self._enqueue(gap)
-            for event in replay:
-                self._enqueue(event)
+            # the replay is the log's own (bounded) events: it never counts as overflow
+            self._queue.extend([gap, *replay] if gap is not None else replay)
+        self._limit = len(self._queue) + self.services.settings.ws_client_queue
+        self._wake.set()
         events.subscribe(self._enqueue)
         self._writer = asyncio.create_task(self._write_forever())
 
     def _enqueue(self, event: Event) -> None:
-        """Queue ``event`` for this client. A full queue drops it, and a ``dropped`` notice
-        takes its place in the stream, counting every event lost there and their seq range
-        (so the client can fetch them again with ``since`` while the log still has them).
-        The queue holds at most ws_client_queue events plus one notice (and a final close)."""
+        """Queue ``event`` for this client: at most ws_client_queue events (beyond the replay
+        it connected with), one folded stream event and one ``dropped`` notice."""
         queue = self._queue
-        if len(queue) < self.services.settings.ws_client_queue or _is_close(event):
+        if len(queue) < self._limit or _is_close(event):
             queue.append(event)
-        else:
-            seq = event.get("seq")
-            notice = queue[-1] if queue and queue[-1].get("type") == "dropped" else None
-            if notice is None:
-                notice = {"type": "dropped", "count": 0, "from_seq": seq, "to_seq": seq}
-                queue.append(notice)
-            notice["count"] += 1
-            if seq is not None:
-                notice["from_seq"] = notice["from_seq"] or seq
-                notice["to_seq"] = seq
+        elif not self._fold(event):
+            self._drop(event)
         self._wake.set()
 
+    def _fold(self, event: Event) -> bool:
+        """Append a stream event's text to the queued event before it when that one is of the
+        same run and stream, up to max_output_bytes: a burst of prints then costs this client
+        one event and loses nothing. The folded event has the last seq and says ``first_seq``."""
+        last = self._queue[-1] if self._queue else None
+        if (last is None or event.get("type") != "stream" or last.get("type") != "stream"
+                or last.get("id") != event.get("id") or last.get("name") != event.get("name")):
+            return False
+        if "_parts" not in last:  # a private copy: queued events are the log's own
+            last = {**last, "first_seq": last.get("seq"), "_parts": [last["text"]],
+                    "_chars": len(last["text"])}
+            self._queue[-1] = last
+        text = event["text"]
+        if last["_chars"] + len(text) > self.services.settings.max_output_bytes:
+            return False
+        last["_parts"].append(text)
+        last["_chars"] += len(text)
+        last["seq"] = event.get("seq")
+        if event.get("truncated"):
+            last["truncated"] = True
+        return True
+
+    def _drop(self, event: Event) -> None:
+        """Count ``event`` in the ``dropped`` notice that takes its place in the stream, with
+        the seq range lost there (fetchable again with ``since`` while the log keeps it)."""
+        queue, seq = self._queue, event.get("seq")
+        notice = queue[-1] if queue and queue[-1].get("type") == "dropped" else None
+        if notice is None:
+            notice = {"type": "dropped", "count": 0, "from_seq": seq, "to_seq": seq}
+            queue.append(notice)
+        notice["count"] += 1
+        if seq is not None:
+            notice["from_seq"] = notice["from_seq"] or seq
+            notice["to_seq"] = seq
+
     async def _write_forever(self) -> None:
+        # Hand everything queued to the socket, then wait for it to drain once: one loop
+        # iteration per batch, not per event, so a burst of small events keeps up with the
+        # kernel. At most one queue's worth sits in tornado's write buffer meanwhile.
+        base = self.services.settings.ws_client_queue
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._queue:
-                    event = self._queue.popleft()
-                    if event.get("type") == "dropped":
-                        event["message"] = (f"{event['count']} events dropped: "
-                                            "this client reads too slowly")
-                    await self.write_message(json.dumps(event))
-                    if _is_close(event):
+                    writes = []
+                    closing = False
+                    while self._queue and not closing:
+                        event = _wire(self._queue.popleft())
+                        self._limit = max(self._limit - 1, base)  # the replay drains away
+                        writes.append(self.write_message(json.dumps(event)))
+                        closing = _is_close(event)
+                    await asyncio.gather(*writes)  # (retrieves every write's error)
+                    if closing:
                         self.close(CLOSE_SESSION_GONE, "session closed")
                         return
         except websocket.WebSocketClosedError:
@@ -174,3 +220,14 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
 def _is_close(event: Event) -> bool:
     """The session's last event: always delivered, then the socket closes."""
     return event.get("type") == "status" and event.get("state") == "closed"
+
+
+def _wire(event: Event) -> Event:
+    """The event as sent: a folded stream event's text joined, a notice's message written."""
+    if "_parts" in event:
+        wire = {k: v for k, v in event.items() if not k.startswith("_")}
+        wire["text"] = "".join(event["_parts"])
+        return wire
+    if event.get("type") == "dropped":
+        event["message"] = f"{event['count']} events dropped: this client reads too slowly"
+    return event

@@ -27,6 +27,7 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+KERNEL_BOOT = Path(__file__).resolve().parent.parent / "kernel_boot.py"
 _NETNS_PROBES = (["unshare", "--net"], ["unshare", "--user", "--map-current-user", "--net"])
 
 
@@ -124,8 +125,7 @@ class LocalLauncher:
             fd = os.open(conn_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump(info.model_dump(), fh)
-            argv = [*netns, self._settings.kernel_python, "-m", "ipykernel_launcher",
-                    "-f", str(conn_file)]
+            argv = [*netns, self._settings.kernel_python, str(KERNEL_BOOT), "-f", str(conn_file)]
             # Popen on the loop thread on purpose: PDEATHSIG is tied to the forking thread.
             proc = subprocess.Popen(
                 argv,
