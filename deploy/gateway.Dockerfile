@@ -1,6 +1,7 @@
 # The gateway's own image. BASE is any image with python3 (3.11+) and its venv module:
 # python:3.11-slim with a registry, or the local Debian base that kernel_image/build.sh makes.
-# Python packages come from wheels the host downloaded into deploy/.wheels (no network here).
+# Python packages (the gateway's own wheel included) come from wheels the host put into
+# deploy/.wheels: pip inside an image build cannot verify TLS here, and needs no network.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
@@ -10,12 +11,8 @@ LABEL org.opencontainers.image.title="exec-gateway" \
 RUN python3 -m venv /opt/gateway
 COPY deploy/.wheels /tmp/wheels
 RUN /opt/gateway/bin/pip install --no-index --find-links /tmp/wheels --no-cache-dir -q \
-        tornado jupyter_client pyzmq pydantic pydantic-settings prometheus_client docker redis && \
+        'exec-gateway[docker,redis]' && \
     rm -rf /tmp/wheels
-COPY setup.cfg pyproject.toml README.md /src/
-COPY gateway /src/gateway
-RUN /opt/gateway/bin/pip install --no-index --no-deps --no-build-isolation --no-cache-dir -q /src \
-    || /opt/gateway/bin/pip install --no-index --no-deps --find-links /src --no-cache-dir -q /src
 
 ENV PATH=/opt/gateway/bin:$PATH \
     GATEWAY_HOST=0.0.0.0 \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -86,9 +87,9 @@ class Gateway:
         return self.proc.returncode
 
 
-def start_gateway(tmp: Path, *, popen: dict[str, Any] | None = None, **settings: Any) -> Gateway:
-    """Start ``python -m gateway`` with GATEWAY_* settings (``popen``: extra Popen arguments,
-    e.g. another user); returns once /healthz answers."""
+def start_gateway(tmp: Path, *, prefix: list[str] | None = None, **settings: Any) -> Gateway:
+    """Start ``python -m gateway`` with GATEWAY_* settings (``prefix``: a command to run it
+    through, e.g. setpriv for another user); returns once /healthz answers."""
     port = free_port()
     token = settings.pop("token", secrets.token_urlsafe(24))
     env = {
@@ -97,7 +98,8 @@ def start_gateway(tmp: Path, *, popen: dict[str, Any] | None = None, **settings:
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
         "GATEWAY_TOKEN": token,
-        "GATEWAY_RUNTIME_DIR": tempfile.mkdtemp(prefix="egt-", dir="/tmp"),
+        "GATEWAY_RUNTIME_DIR": str(settings.pop("runtime_dir", None)
+                                   or tempfile.mkdtemp(prefix="egt-", dir="/tmp")),
         "GATEWAY_KERNEL_PYTHON": sys.executable,
         "GATEWAY_LOG_LEVEL": "INFO",
     }
@@ -107,8 +109,8 @@ def start_gateway(tmp: Path, *, popen: dict[str, Any] | None = None, **settings:
         env[f"GATEWAY_{key.upper()}"] = str(value)
     log_path = tmp / f"gateway-{port}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, **(popen or {}))
+        proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "gateway"], env=env,
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     gw = Gateway(f"http://127.0.0.1:{port}", token, proc, env, log_path)
 
     def healthy() -> bool:
@@ -183,7 +185,8 @@ def docker_client() -> Iterator[Any]:
     yield client
     left = containers_of(client)
     for c in left:
-        c.remove(force=True)
+        with contextlib.suppress(Exception):  # removed meanwhile, or being removed
+            c.remove(force=True)
     client.close()
     assert not left, f"containers left behind: {[c.name for c in left]}"
 
@@ -332,12 +335,15 @@ class KernelSocket:
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no matching message within {timeout_s}s")
             try:
+                if left <= 0:
+                    raise TimeoutError
                 item = await self.recv(left)
             except TimeoutError:
-                raise AssertionError(f"no matching message within {timeout_s}s") from None
+                seen = [(ch, m["header"]["msg_type"], m["content"].get("execution_state", ""))
+                        for ch, m in self._unmatched[-12:]]
+                raise AssertionError(f"no matching message within {timeout_s}s; "
+                                     f"last unmatched: {seen}") from None
             if item is None:
                 raise AssertionError("the socket closed before a matching message came")
             if match(*item):

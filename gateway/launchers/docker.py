@@ -13,7 +13,13 @@ setgid, mode 2770; the kernel's ``umask 007`` makes its sockets group read/write
 five sockets exist the directory goes to 2750, so the kernel cannot write to the host.
 
 Workspace: ``/work`` is a tmpfs that dies with the container; nothing of a session outlives
-its container, so ``remove_workspace`` has nothing to do.
+its container, so ``remove_workspace`` has nothing to do. Both tmpfs count against the memory
+limit (so do ``/dev/shm``, sized like them, and the kernel itself).
+
+Labels name the gateway (``instance_id``), the session and kernel, and the socket directory;
+a warm-pool kernel is labelled ``session_id=pool`` (labels are fixed at creation). Start-up
+(``adopt``) removes the containers of this instance id that no session record claims; other
+instance ids are left alone. Inside, the hostname is the container's short id.
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ log = logging.getLogger(__name__)
 
 LABEL_MANAGED = "exec-gateway.managed"  # "true" on every container this project creates
 LABEL_GATEWAY = "exec-gateway.gateway"  # settings.instance_id of the creating gateway
-LABEL_PROCESS = "exec-gateway.gateway_process"  # boot id / pid namespace / pid / start time
 LABEL_SESSION = "exec-gateway.session_id"
 LABEL_KERNEL = "exec-gateway.kernel_id"
 LABEL_OWNER = "exec-gateway.owner"  # the API key's name, never its token
@@ -61,38 +66,6 @@ _LOG_MAX = "1m"  # the container's stdout/stderr log on the host; a kernel may p
 
 # Errors that mean "the engine cannot be reached", as opposed to "it refused this request".
 _UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-
-
-def _process_identity() -> str:
-    """``boot_id/pidns/pid/starttime`` of this process: lets a later gateway on this machine
-    tell that the gateway which created a container is gone (pids are reused; start times
-    and boot ids are not)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        pidns = os.readlink("/proc/self/ns/pid")
-        return f"{boot}/{pidns}/{os.getpid()}/{_start_time(os.getpid())}"
-    except OSError:
-        return ""
-
-
-def _start_time(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
-
-
-def _process_gone(identity: str) -> bool:
-    """True only when ``identity`` names a process of this boot and pid namespace that no
-    longer runs; anything we cannot tell counts as alive."""
-    parts = identity.split("/")
-    if len(parts) != 4:
-        return False
-    ours = _process_identity().split("/")
-    if len(ours) != 4 or parts[:2] != ours[:2]:
-        return False
-    try:
-        return _start_time(int(parts[2])) != parts[3]
-    except (OSError, ValueError, IndexError):
-        return True
 
 
 def _exit_info(exit_code: int | None, oom_killed: bool) -> ExitInfo:
@@ -120,7 +93,6 @@ class DockerLauncher:
         self._events_thread: threading.Thread | None = None
         self._events_subscribed = threading.Event()
         self._stopping = threading.Event()
-        self._identity = _process_identity()
 
     # ------------------------------------------------------------------ engine
     def _connect(self) -> docker.DockerClient:
@@ -131,7 +103,7 @@ class DockerLauncher:
             else:
                 client = docker.DockerClient.from_env(timeout=timeout)
             client.ping()
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
             raise LauncherUnavailable(f"cannot reach the Docker engine: {exc}") from exc
         return client
 
@@ -190,6 +162,9 @@ class DockerLauncher:
                 backoff_s = min(backoff_s * 2, 2.0)
                 continue
             self._events = stream
+            if self._stopping.is_set():  # close() ran while this stream was opening
+                stream.close()
+                return
             reconnected = self._events_subscribed.is_set()
             self._events_subscribed.set()
             backoff_s = 0.1
@@ -260,8 +235,9 @@ class DockerLauncher:
                 self._spawn(self._resolve_exit(container_id, None))
 
     # ------------------------------------------------------------------ launch
-    def _socket_dir(self) -> tuple[Path, int]:
-        """Make a fresh socket directory; returns it and the gid the kernel must run with."""
+    def _socket_dir(self, info: ConnectionInfo) -> tuple[Path, int]:
+        """Make a fresh socket directory holding the kernel's connection file; returns it and
+        the gid the kernel must run with. Raises OSError."""
         self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self._runtime_dir / secrets.token_hex(6)
         path.mkdir(mode=0o700)
@@ -269,20 +245,20 @@ class DockerLauncher:
             # root reaches any socket; give the kernel a group of its own, never gid 0
             os.chown(path, 0, self._settings.docker_kernel_gid)
         os.chmod(path, _DIR_OPEN)  # after chown, which clears the setgid bit
+        try:
+            # read-only for the kernel (through the group); the paths as the kernel sees them
+            fd = os.open(path / "connection.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info.with_ip(f"{KERNEL_DIR}/k").model_dump(), fh)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return path, os.stat(path).st_gid
-
-    @staticmethod
-    def _write_connection_file(socket_dir: Path, info: ConnectionInfo) -> None:
-        # read-only for the kernel (group), written before the kernel exists
-        fd = os.open(socket_dir / "connection.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info.with_ip(f"{KERNEL_DIR}/k").model_dump(), fh)
 
     def _labels(self, spec: LaunchSpec, socket_dir: Path) -> dict[str, str]:
         return {
             LABEL_MANAGED: "true",
             LABEL_GATEWAY: self._settings.instance_id,
-            LABEL_PROCESS: self._identity,
             LABEL_SESSION: spec.session_id,
             LABEL_KERNEL: spec.kernel_id,
             LABEL_OWNER: spec.owner,
@@ -299,9 +275,9 @@ class DockerLauncher:
         host_config = api.create_host_config(
             network_mode="none",
             read_only=True,
-            tmpfs={
-                "/tmp": f"rw,nosuid,nodev,mode=1777,{disk}".rstrip(","),
-                "/work": f"rw,nosuid,nodev,uid={uid},gid={gid},mode=0700,{disk}".rstrip(","),
+            tmpfs={  # noexec as Docker's default: nothing written is run as a program
+                "/tmp": f"rw,noexec,nosuid,nodev,mode=1777,{disk}".rstrip(","),
+                "/work": f"rw,noexec,nosuid,nodev,uid={uid},gid={gid},mode=0700,{disk}".rstrip(","),
             },
             shm_size=f"{limits.disk_mb}m" if limits.disk_mb else None,
             mounts=[Mount(target=KERNEL_DIR, source=str(socket_dir), type="bind")],
@@ -324,7 +300,6 @@ class DockerLauncher:
         created = api.create_container(
             self._settings.docker_image,
             name=f"egw-{self._settings.instance_id}-{socket_dir.name}",
-            hostname="sandbox",
             user=f"{uid}:{gid}",
             working_dir="/work",
             environment=env,
@@ -338,20 +313,23 @@ class DockerLauncher:
         """Start the kernel's container and return once its sockets exist (the directory is then
         locked). Raises LauncherUnavailable (engine, image) or KernelStartFailed."""
         client = await self._ready()
+        info = ConnectionInfo.for_ipc(f"{KERNEL_DIR}/k")  # the host-side path is set below
         try:
-            socket_dir, gid = await asyncio.to_thread(self._socket_dir)
+            socket_dir, gid = await asyncio.to_thread(self._socket_dir, info)
         except OSError as exc:
             raise KernelStartFailed(f"cannot create the socket directory: {exc}") from exc
-        info = ConnectionInfo.for_ipc(str(socket_dir / "k"))
+        info = info.with_ip(str(socket_dir / "k"))
         container_id: str | None = None
         try:
-            await asyncio.to_thread(self._write_connection_file, socket_dir, info)
             container_id = await asyncio.to_thread(self._create, spec, socket_dir, gid)
             exited = self._watch(container_id)
             await asyncio.to_thread(client.api.start, container_id)
             await self._wait_for_sockets(socket_dir, exited)
             await asyncio.to_thread(os.chmod, socket_dir, _DIR_LOCKED)
         except BaseException as exc:
+            if isinstance(exc, _KernelExited) and container_id is not None:
+                log.warning("kernel container exited during start-up session_id=%s reason=%s "
+                            "output:\n%s", spec.session_id, exc, await self._tail(container_id))
             await self._discard(container_id, socket_dir)
             translated = _launch_error(exc, self._settings.docker_image)
             if translated is None:
@@ -377,6 +355,15 @@ class DockerLauncher:
                     raise _KernelExited(exited.result())
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.02)
+
+    async def _tail(self, container_id: str, lines: int = 20) -> str:
+        """The last lines the container printed (for the operator's log, never for clients)."""
+        assert self._client is not None
+        try:
+            out = await asyncio.to_thread(self._client.api.logs, container_id, tail=lines)
+        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            return f"(no output: {exc})"
+        return bytes(out).decode("utf-8", "replace")
 
     def _watch(self, container_id: str) -> asyncio.Future[ExitInfo]:
         exited = self._exits.get(container_id)
@@ -445,7 +432,8 @@ class DockerLauncher:
     # ------------------------------------------------------------------ orphans
     async def list_ours(self) -> list[dict[str, Any]]:
         """Every container (running or not) carrying this project's label, as the engine's
-        summaries (``Id``, ``Labels``, ``State``...). Raises LauncherUnavailable."""
+        summaries (``Id``, ``Labels``, ``State``...), of every gateway. Raises
+        LauncherUnavailable."""
         client = await self._ready()
         try:
             found: list[dict[str, Any]] = await asyncio.to_thread(
@@ -455,20 +443,21 @@ class DockerLauncher:
             raise LauncherUnavailable(f"cannot list containers: {exc}") from exc
         return found
 
-    def _orphaned(self, labels: dict[str, str]) -> bool:
-        """Ours to remove: made by a gateway with this instance id (an earlier run of this one;
-        no record claims it while the registry is per process), or by a gateway process on this
-        machine that is gone. A live gateway's containers are never touched."""
-        if labels.get(LABEL_GATEWAY) == self._settings.instance_id:
-            return True
-        return _process_gone(labels.get(LABEL_PROCESS, ""))
-
-    async def adopt(self) -> list[KernelHandle]:
-        """Remove orphaned containers (and their socket directories); adopts none yet."""
+    async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
+        """Of ``handles`` (from the registry), those whose containers still run. Every other
+        container labelled with this gateway's instance id is removed with its socket directory:
+        an orphan of an earlier process, or a claimed kernel that died meanwhile. Containers of
+        other instance ids are never touched (another gateway may still want them)."""
+        claimed = {h.ref: h for h in handles}
+        alive: list[KernelHandle] = []
         removed = 0
         for summary in await self.list_ours():
             labels = summary.get("Labels") or {}
-            if not self._orphaned(labels):
+            if labels.get(LABEL_GATEWAY) != self._settings.instance_id:
+                continue
+            handle = claimed.get(summary["Id"])
+            if handle is not None and summary.get("State") == "running":
+                alive.append(handle)
                 continue
             with contextlib.suppress(docker.errors.DockerException, *_UNREACHABLE):
                 await self._remove(summary["Id"])
@@ -477,8 +466,8 @@ class DockerLauncher:
             if socket_dir.parent == self._runtime_dir and socket_dir.name:
                 await asyncio.to_thread(shutil.rmtree, socket_dir, True)
         if removed:
-            log.info("removed orphaned kernel containers count=%d", removed)
-        return []
+            log.info("removed kernel containers no session claims count=%d", removed)
+        return alive
 
     async def close(self) -> None:
         self._stopping.set()
