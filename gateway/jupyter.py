@@ -59,7 +59,19 @@ def kernelspec() -> dict[str, Any]:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, default=json_default, ensure_ascii=False).encode()
+    try:
+        return json.dumps(obj, default=json_default, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # a lone surrogate, which a kernel may send ("\ud800"): \u escapes keep it exactly
+        return json.dumps(obj, default=json_default).encode()
+
+
+def _loads(data: str | bytes) -> Any:
+    """JSON from a client. Raises ValueError, also for nesting too deep to parse."""
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
 
 
 # ---------------------------------------------------------------- kernel → client
@@ -107,12 +119,15 @@ def from_legacy(frame: str | bytes) -> tuple[str, Message]:
         if not 1 <= count <= 1024 or len(frame) < 4 * (count + 1):
             raise ValueError("bad offset table")
         offsets = [*struct.unpack("!" + "I" * count, frame[4:4 * (count + 1)]), len(frame)]
+        _check_offsets(offsets, 4 * (count + 1), len(frame))
         pieces = [frame[a:b] for a, b in itertools.pairwise(offsets)]
         frame, buffers = pieces[0].decode(), pieces[1:]
-    body = json.loads(frame)
+    body = _loads(frame)
     if not isinstance(body, dict):
         raise ValueError("message is not an object")
-    return _checked(body.get("channel"), body, buffers)
+    channel = body.get("channel")
+    # as jupyter_server does: a legacy message that names no channel is for shell
+    return _checked("shell" if channel is None else channel, body, buffers)
 
 
 def from_v1(frame: bytes) -> tuple[str, Message]:
@@ -123,13 +138,18 @@ def from_v1(frame: bytes) -> tuple[str, Message]:
     if not 6 <= count <= 1024 or len(frame) < 8 * (count + 1):
         raise ValueError("bad offset table")
     offsets = [int.from_bytes(frame[8 * (i + 1):8 * (i + 2)], "little") for i in range(count)]
-    if offsets != sorted(offsets) or offsets[-1] > len(frame):
-        raise ValueError("bad offsets")
+    _check_offsets(offsets, 8 * (count + 1), len(frame))
     pieces = [frame[a:b] for a, b in itertools.pairwise(offsets)]
     channel = pieces[0].decode()
-    header, parent, metadata, content = (json.loads(p) for p in pieces[1:5])
+    header, parent, metadata, content = (_loads(p) for p in pieces[1:5])
     body = {"header": header, "parent_header": parent, "metadata": metadata, "content": content}
     return _checked(channel, body, list(pieces[5:]))
+
+
+def _check_offsets(offsets: list[int], table_end: int, frame_end: int) -> None:
+    """Offsets must start after the offset table, never go back, and stay inside the frame."""
+    if offsets[0] < table_end or offsets != sorted(offsets) or offsets[-1] > frame_end:
+        raise ValueError("bad offsets")
 
 
 def _checked(channel: Any, body: dict[str, Any], buffers: list[bytes]) -> tuple[str, Message]:

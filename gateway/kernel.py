@@ -78,6 +78,11 @@ def _collect(got: dict[str, Message], both: asyncio.Future[None], channel: str,
         both.set_result(None)
 
 
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # a send on a closed socket is not worth a warning
+
+
 class KernelConnection:
     """Talks to one kernel. Created per interpreter; closed when the kernel is replaced."""
 
@@ -148,7 +153,7 @@ class KernelConnection:
             both: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             msg = self.session.msg("kernel_info_request", {})
             self._routes[msg["header"]["msg_id"]] = functools.partial(_collect, got, both)
-            self.session.send(self._sockets["shell"], msg)
+            self.send("shell", msg)
             waits: set[asyncio.Future[Any]] = {both, self._dead}
             if died is not None:
                 waits.add(died)
@@ -203,15 +208,18 @@ class KernelConnection:
             self._dispatch(channel, msg)
 
     def _dispatch(self, channel: str, msg: Message) -> None:
-        try:
-            if channel == "iopub" and self.iopub_tap is not None:
+        if channel == "iopub" and self.iopub_tap is not None:
+            try:
                 self.iopub_tap(msg)
-            parent_id = msg.get("parent_header", {}).get("msg_id")
-            route = self._routes.get(parent_id) if parent_id else None
-            if route is not None:
+            except Exception:
+                log.exception("iopub tap failed")
+        parent_id = msg.get("parent_header", {}).get("msg_id")
+        route = self._routes.get(parent_id) if parent_id else None
+        if route is not None:
+            try:
                 route(channel, msg)
-        except Exception:
-            log.exception("message route failed channel=%s", channel)
+            except Exception:
+                log.exception("message route failed channel=%s", channel)
 
     # ----------------------------------------------------------------- requests
     def route(self, msg_id: str, route: Route) -> None:
@@ -221,8 +229,16 @@ class KernelConnection:
         self._routes.pop(msg_id, None)
 
     def send(self, channel: str, msg: Message) -> None:
-        """Send a message built with ``self.session.msg`` on ``channel``."""
-        self.session.send(self._sockets[channel], msg)
+        """Sign and send ``msg`` (a message dict, buffers included) on ``channel``.
+
+        Through the asyncio socket itself: jupyter_client's ``Session.send`` writes through a
+        synchronous shadow of the socket, which can swallow libzmq's edge-triggered
+        "readable" signal, and then a reply that arrives at that moment is never read.
+        """
+        frames = self.session.serialize(msg)
+        frames.extend(msg.get("buffers") or [])
+        sent = self._sockets[channel].send_multipart(frames)
+        asyncio.ensure_future(sent).add_done_callback(_ignore_result)
 
     async def execute(
         self, code: str, *, allow_stdin: bool, on_message: Route
@@ -282,7 +298,7 @@ class KernelConnection:
         msg_id = msg["header"]["msg_id"]
         self._routes[msg_id] = route
         try:
-            self.session.send(self._sockets[channel], msg)
+            self.send(channel, msg)
             finished, _ = await asyncio.wait(
                 {done, self._dead}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
@@ -310,5 +326,5 @@ class KernelConnection:
     def reply_input(self, value: str, parent: Message) -> None:
         """Answer an input_request; ``"\\x04"`` makes ``input()`` raise EOFError in the kernel."""
         msg = self.session.msg("input_reply", {"value": value}, parent=parent["header"])
-        self.session.send(self._sockets["stdin"], msg)
+        self.send("stdin", msg)
 

@@ -15,6 +15,21 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _MAX_TRACEBACK_LINES = 200
 
 
+def clean(text: str) -> str:
+    """``text`` without lone surrogates (a kernel may send them; JSON answers cannot hold them)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _clean_data(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: clean(v) if isinstance(v, str) else v for k, v in data.items()}
+
+
 def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
 
@@ -49,17 +64,17 @@ class OutputCollector:
 
     def add(self, msg_type: str, content: dict[str, Any]) -> None:
         if msg_type == "stream":
-            self._add_stream(content.get("name", "stdout"), str(content.get("text", "")))
+            self._add_stream(content.get("name", "stdout"), clean(str(content.get("text", ""))))
         elif msg_type in ("execute_result", "display_data"):
-            data = content.get("data") or {}
+            data = _clean_data(content.get("data") or {})
             if self._take(_data_size(data)):
                 metadata = content.get("metadata") or {}
                 self.outputs.append(Output(type=msg_type, data=data, metadata=metadata))  # type: ignore[arg-type]
         elif msg_type == "error":
-            traceback = plain_traceback(list(content.get("traceback") or []))
+            traceback = plain_traceback([clean(str(t)) for t in content.get("traceback") or []])
             self.error = ErrorInfo(
-                ename=str(content.get("ename", ""))[:1000],
-                evalue=str(content.get("evalue", ""))[:10_000],
+                ename=clean(str(content.get("ename", "")))[:1000],
+                evalue=clean(str(content.get("evalue", "")))[:10_000],
                 traceback=[line[:10_000] for line in traceback],
             )
         elif msg_type == "clear_output":

@@ -102,7 +102,10 @@ class Session:
         if msg["msg_type"] == "status":
             self.kernel_state = str(msg["content"].get("execution_state", self.kernel_state))
         for client in list(self.jupyter_clients):
-            client(msg)
+            try:
+                client(msg)
+            except Exception:  # one broken client must not cost the others this message
+                log.exception("jupyter client failed kernel_id=%s", self.kernel_id)
         for parked in self.parked.values():
             parked.append(msg)
 
@@ -347,9 +350,14 @@ class SessionManager:
         return await self._open(owner, uuid.uuid4().hex, None, kept)
 
     async def live_connection(self, session: Session) -> KernelConnection:
-        """The session's kernel connection, starting a fresh kernel if the last one died."""
+        """The session's kernel connection, starting a fresh kernel if the last one died.
+        Raises SessionNotFound once the session is closed."""
+        if session.state == SessionState.closed:
+            raise errors.SessionNotFound(f"session {session.id!r} was deleted")
         if session.conn is None or session.conn.dead:
             async with self._turn(session):
+                if session.state == SessionState.closed:
+                    raise errors.SessionNotFound(f"session {session.id!r} was deleted")
                 if session.conn is None or session.conn.dead:
                     await self._replace_kernel(session)
         assert session.conn is not None

@@ -20,7 +20,7 @@ if [ -x scripts/install-browser.sh ] || [ -f scripts/install-browser.sh ]; then
     bash scripts/install-browser.sh
 fi
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-    bash kernel_image/build.sh
+    bash deploy/build.sh  # the kernel image, and the gateway and redis images of the compose stack
 elif [ "${CI:-}" = "true" ]; then
     echo "test-deps: the Docker engine is not reachable; CI needs it" >&2
     exit 1

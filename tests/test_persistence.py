@@ -95,3 +95,51 @@ def test_compose_file_validates() -> None:
     done = subprocess.run([tool, "config", "-q"], capture_output=True, text=True,
                           env={"GATEWAY_TOKEN": "x" * 20, "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
+
+
+def test_gateway_image_serves_a_request(docker_client, tmp_path) -> None:
+    """The compose stack's gateway image (built by scripts/test-deps.sh) runs kernels itself."""
+    import httpx
+
+    from tests.conftest import free_port
+
+    try:
+        docker_client.images.get("exec-gateway:latest")
+    except Exception as exc:
+        if IN_CI:
+            pytest.fail(f"exec-gateway:latest was not built: {exc}")
+        pytest.skip("run `bash deploy/build.sh` first")
+    port, token = free_port(), secrets.token_urlsafe(24)
+    instance = docker_instance_id("image")
+    runtime = f"/tmp/egi-{secrets.token_hex(3)}"
+    container = docker_client.containers.run(
+        "exec-gateway:latest", detach=True, auto_remove=False,
+        ports={"8888/tcp": ("127.0.0.1", port)},
+        environment={"GATEWAY_TOKEN": token, "GATEWAY_INSTANCE_ID": instance,
+                     "GATEWAY_RUNTIME_DIR": runtime, "GATEWAY_POOL_SIZE": "0"},
+        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+                 runtime: {"bind": runtime, "mode": "rw"}},
+        labels={"exec-gateway.managed": "true", "exec-gateway.gateway": instance},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60)
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{url}/readyz", headers=headers).json()["checks"]["launcher"] == "ok"
+        result = httpx.post(f"{url}/v1/sessions/img/execute", headers=headers,
+                            json={"code": "6 * 7"}, timeout=60).json()
+        assert result["outputs"][0]["data"]["text/plain"] == "42", result
+        httpx.delete(f"{url}/v1/sessions/img", headers=headers)
+    finally:
+        container.remove(force=True)
+        for c in docker_client.containers.list(all=True, filters={
+                "label": f"exec-gateway.gateway={instance}"}):
+            c.remove(force=True)
+        shutil.rmtree(runtime, ignore_errors=True)

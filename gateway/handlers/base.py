@@ -108,6 +108,10 @@ class GatewayHandler(web.RequestHandler):
             message = f"method {self.request.method} is not allowed here"
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
+        if not getattr(self, "_prepared", True):
+            # refused before the body was read: tornado drops the connection after this
+            # answer, so say so (keep-alive clients would otherwise reuse a dead socket)
+            self.set_header("Connection", "close")
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="exec-gateway"')
         body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
@@ -151,6 +155,7 @@ class ApiHandler(GatewayHandler):
         self.finish()
 
     async def prepare(self) -> None:
+        self._prepared = False
         if self.request.method != "OPTIONS":
             self.authenticate()
         limit = self.services.settings.max_request_bytes
@@ -160,6 +165,7 @@ class ApiHandler(GatewayHandler):
         if self.request.connection is not None:
             # beyond 4x our limit tornado itself cuts the connection; up to it we answer in JSON
             self.request.connection.set_max_body_size(4 * limit)  # type: ignore[attr-defined]
+        self._prepared = True
 
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)

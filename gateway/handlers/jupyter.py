@@ -14,6 +14,7 @@ from typing import Any
 from tornado import websocket
 
 from gateway import __version__, errors
+from gateway.events import Event
 from gateway.handlers.base import ApiHandler, GatewayHandler, Services
 from gateway.jupyter import (
     KERNEL_NAME,
@@ -26,12 +27,13 @@ from gateway.jupyter import (
     to_legacy,
     to_v1,
 )
-from gateway.models import JupyterKernelCreate
+from gateway.models import JupyterKernelCreate, SessionState
 from gateway.sessions import Session
 
 log = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 4429
+CLOSE_KERNEL_GONE = 4410
 
 
 def model_of(session: Session) -> dict[str, Any]:
@@ -125,14 +127,23 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
 
     def open(self, kernel_id: str) -> None:  # type: ignore[override]
         self._v1 = self.selected_subprotocol == V1_PROTOCOL
+        if self.session.state == SessionState.closed:  # deleted during the handshake
+            self.close(CLOSE_KERNEL_GONE, "kernel deleted")
+            return
         parked = self.session.parked.pop(self._client_session, None)
         for msg in parked or ():
             self._send(msg, "iopub")
         self.session.jupyter_clients.add(self._on_iopub)
+        self.session.events.subscribe(self._on_event)
         self.session.touch()
 
     def _on_iopub(self, msg: Message) -> None:
         self._send(msg, "iopub")
+
+    def _on_event(self, event: Event) -> None:
+        """Session events; only the last one matters here: the session was deleted."""
+        if event.get("type") == "status" and event.get("state") == SessionState.closed.value:
+            self.close(CLOSE_KERNEL_GONE, "kernel deleted")
 
     def _on_reply(self, channel: str, msg: Message) -> None:
         if channel == "iopub":
@@ -147,7 +158,12 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         if self._backlog >= self.services.settings.jupyter_client_backlog:
             self.close(CLOSE_TOO_SLOW, "client reads too slowly")
             return
-        frame = to_v1(msg, channel) if self._v1 else to_legacy(msg, channel)
+        try:
+            frame = to_v1(msg, channel) if self._v1 else to_legacy(msg, channel)
+        except (TypeError, ValueError):  # a kernel may send anything; it must not reach the tap
+            log.warning("dropped an unencodable %s message kernel_id=%s", channel,
+                        self.session.kernel_id)
+            return
         self._backlog += 1
         future = self.write_message(frame, binary=isinstance(frame, bytes))
         future.add_done_callback(self._sent)
@@ -164,6 +180,10 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
             log.info("dropped a malformed Jupyter message kernel_id=%s: %s",
                      self.session.kernel_id, exc)
             return
+        if self.session.state == SessionState.closed:
+            # never let a client's message start a kernel for a deleted session
+            self.close(CLOSE_KERNEL_GONE, "kernel deleted")
+            return
         try:
             conn = await self.services.manager.live_connection(self.session)
         except errors.GatewayError as exc:
@@ -179,5 +199,6 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         if session is None:
             return
         session.jupyter_clients.discard(self._on_iopub)
-        if self._client_session and session.parked_max:
+        session.events.unsubscribe(self._on_event)
+        if self._client_session and session.parked_max and session.state != SessionState.closed:
             session.park(self._client_session)
