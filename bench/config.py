@@ -13,14 +13,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class BenchConfig:
-    iterations: int = 2000  # timed sequential executes per latency figure (raw, REST, Jupyter)
+    iterations: int = 1000  # timed sequential executes per latency figure (raw, REST, Jupyter)
     rounds: int = 10  # latency blocks, alternating between targets
     warmup: int = 100  # untimed executes before the latency loop
-    kg_iterations: int = 500  # timed executes against stock kernel_gateway (slower)
+    kg_iterations: int = 300  # timed executes against stock kernel_gateway (slower)
     loop_max_s: float = 90.0  # time cap per latency figure
     concurrency: tuple[int, ...] = (1, 4, 16)  # sessions/kernels for throughput
-    throughput_s: float = 5.0  # seconds of calls per throughput level
-    starts: int = 10  # cold session starts per target
+    throughput_s: float = 4.0  # seconds of calls per throughput level
+    starts: int = 10  # session starts per target (cold, and from the warm pool)
+    pool_size: int = 2  # the gateway's warm pool for the pooled-start figures
     idle_sessions: int = 100  # idle sessions for the memory figures
     idle_window_s: float = 5.0  # gateway CPU measured this long with the idle sessions
     stream_lines: int = 10_000  # one-line prints in one cell, per front door

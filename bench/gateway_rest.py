@@ -86,6 +86,22 @@ async def stop_gateway(tracker: ProcessTracker, gw: GatewayProcess) -> None:
     shutil.rmtree(gw.home, ignore_errors=True)
 
 
+async def wait_for_pool(gw: GatewayProcess, size: int, timeout_s: float = 60.0) -> None:
+    """Poll ``/healthz`` until the warm pool holds ``size`` kernels. Raises BenchError."""
+    conn = gw.connection()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            r = await conn.request("GET", "/healthz")
+            if r.status == 200 and r.json().get("pool_size", 0) >= size:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"warm pool not at {size} after {timeout_s}s: {r.body[:200]!r}")
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+
+
 class RestSession:
     """One gateway session, reached over its own keep-alive connection."""
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.procs import cpu_seconds, rss_bytes
+from bench.procs import cpu_seconds
 from bench.stats import summarize_ms
 from bench.target import BenchError, Executor, Target, check_two
 
@@ -79,22 +79,33 @@ async def interleaved_latency(
     return results
 
 
-async def open_executors(target: Target, n: int, parallel: int) -> list[Executor]:
-    """Start ``n`` sessions/kernels, at most ``parallel`` at a time. Raises BenchError (after
-    closing the ones already started)."""
+async def open_executors(target: Target, n: int, parallel: int, retries: int = 0
+                         ) -> tuple[list[Executor], list[str]]:
+    """Start ``n`` sessions/kernels, at most ``parallel`` at a time; up to ``retries`` failed
+    starts (in all) are retried. Returns the executors and the failures seen (for the report).
+    Raises BenchError beyond that (after closing the ones already started)."""
     gate = asyncio.Semaphore(parallel)
     opened: list[Executor] = []
+    failures: list[str] = []
 
     async def one() -> None:
         async with gate:
-            opened.append(await target.start())
+            while True:
+                try:
+                    opened.append(await target.start())
+                    return
+                except BenchError as exc:
+                    failures.append(str(exc))
+                    if len(failures) > retries:
+                        raise
 
     results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
         await close_executors(opened)
-        raise BenchError(f"{target.name}: {len(failures)} of {n} starts failed: {failures[0]!r}")
-    return opened
+        raise BenchError(f"{target.name}: {len(failures)} starts failed (of {n} needed, "
+                         f"{retries} retries allowed): {errors[0]}")
+    return opened, failures
 
 
 async def close_executors(executors: Sequence[Executor], parallel: int = 8) -> None:
@@ -107,62 +118,64 @@ async def close_executors(executors: Sequence[Executor], parallel: int = 8) -> N
     await asyncio.gather(*(one(e) for e in executors), return_exceptions=True)
 
 
-async def throughput(target: Target, n: int, duration_s: float, warmup: int,
-                     parallel: int) -> dict[str, Any]:
-    """``n`` executors each calling ``1+1`` back to back for ``duration_s``: calls/s overall,
-    per-call latency under that load, server CPU per call and server RSS before/after start."""
-    rss_before = rss_bytes(target.server_pid) if target.server_pid else None
-    executors = await open_executors(target, n, parallel)
-    try:
-        await asyncio.gather(*(warm(e, warmup) for e in executors))
-        rss_with = rss_bytes(target.server_pid) if target.server_pid else None
-        loop = Sampled()
-        cpu0, server0 = time.process_time(), _server_cpu(target.server_pid)
-        started = time.perf_counter()
-        deadline = started + duration_s
+async def throughput(executors: Sequence[Executor], server_pid: int | None,
+                     duration_s: float) -> dict[str, Any]:
+    """Each of ``executors`` (warm) calls ``1+1`` back to back for ``duration_s``: calls/s
+    overall, per-call latency under that load, client and server CPU per call."""
+    loop = Sampled()
+    cpu0, server0 = time.process_time(), _server_cpu(server_pid)
+    started = time.perf_counter()
+    deadline = started + duration_s
 
-        async def worker(executor: Executor) -> None:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                check_two(await executor.execute(CODE))
-                loop.samples.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(worker(e) for e in executors))
-        wall = time.perf_counter() - started
-        loop.client_cpu_s = time.process_time() - cpu0
-        if target.server_pid is not None:
-            loop.server_cpu_s = _server_cpu(target.server_pid) - server0
-    finally:
-        await close_executors(executors)
-    out = {"concurrency": n, "calls": len(loop.samples), "wall_s": round(wall, 3),
-           "calls_per_s": round(len(loop.samples) / wall, 1), "latency_ms": loop.figures()}
-    if rss_before is not None and rss_with is not None:
-        out["server_rss_mb_before"] = round(rss_before / 2**20, 1)
-        out["server_rss_mb_with_sessions"] = round(rss_with / 2**20, 1)
-        out["server_rss_kb_per_session"] = round((rss_with - rss_before) / 1024 / n, 1)
-    return out
-
-
-async def session_starts(target: Target, count: int, max_s: float) -> dict[str, Any]:
-    """Cold starts one after another: time until the session/kernel is usable (``ready``) and
-    until the first ``1+1`` result is back (``first_result``, the headline figure)."""
-    ready: list[float] = []
-    first: list[float] = []
-    deadline = time.perf_counter() + max_s
-    for _ in range(count):
-        t0 = time.perf_counter()
-        executor = await target.start()
-        try:
-            t1 = time.perf_counter()
+    async def worker(executor: Executor) -> None:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
             check_two(await executor.execute(CODE))
-            t2 = time.perf_counter()
-        finally:
-            await executor.close()
-        ready.append(t1 - t0)
-        first.append(t2 - t0)
+            loop.samples.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(worker(e) for e in executors))
+    wall = time.perf_counter() - started
+    loop.client_cpu_s = time.process_time() - cpu0
+    if server_pid is not None:
+        loop.server_cpu_s = _server_cpu(server_pid) - server0
+    return {"concurrency": len(executors), "calls": len(loop.samples), "wall_s": round(wall, 3),
+            "calls_per_s": round(len(loop.samples) / wall, 1), "latency_ms": loop.figures()}
+
+
+async def one_start(target: Target) -> tuple[float, float]:
+    """One start: seconds until the session/kernel is usable, and until the first ``1+1``
+    result is back (the headline figure). The session is closed afterwards (untimed)."""
+    t0 = time.perf_counter()
+    executor = await target.start()
+    try:
+        t1 = time.perf_counter()
+        check_two(await executor.execute(CODE))
+        t2 = time.perf_counter()
+    finally:
+        await executor.close()
+    return t1 - t0, t2 - t0
+
+
+async def interleaved_starts(targets: Sequence[Target], count: int, max_s: float,
+                             before_each: Callable[[], Awaitable[None]] | None = None
+                             ) -> dict[str, dict[str, Any]]:
+    """``count`` starts per target, one target after another in each round (order reversed
+    every round); ``before_each`` runs untimed first (e.g. to wait for a full warm pool).
+    Stops early after ``max_s``. Per target: ``first_result_ms`` and ``ready_ms``."""
+    ready: dict[str, list[float]] = {t.name: [] for t in targets}
+    first: dict[str, list[float]] = {t.name: [] for t in targets}
+    deadline = time.perf_counter() + max_s
+    for r in range(count):
+        for target in targets if r % 2 == 0 else list(reversed(targets)):
+            if before_each is not None:
+                await before_each()
+            usable, result = await one_start(target)
+            ready[target.name].append(usable)
+            first[target.name].append(result)
         if time.perf_counter() > deadline:
             break
-    return {"first_result_ms": summarize_ms(first), "ready_ms": summarize_ms(ready)}
+    return {t.name: {"first_result_ms": summarize_ms(first[t.name]),
+                     "ready_ms": summarize_ms(ready[t.name])} for t in targets}
 
 
 async def stream_delivery(executor: Executor, lines: int) -> dict[str, Any]:

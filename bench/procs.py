@@ -83,9 +83,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def is_kernel(argv: list[str]) -> bool:
+    """A Jupyter kernel command line: ``... -f <connection>.json`` (ipykernel_launcher, the
+    gateway's kernel_boot.py shim, or any other launcher of that shape)."""
+    if "-f" not in argv:
+        return False
+    index = argv.index("-f")
+    return index + 1 < len(argv) and argv[index + 1].endswith(".json")
+
+
 def kernel_pids(parent: int) -> list[int]:
-    """The ipykernel processes below ``parent``."""
-    return [p for p in descendants(parent) if "ipykernel_launcher" in cmdline(p)]
+    """The kernel processes below ``parent``."""
+    return [p for p in descendants(parent) if is_kernel(cmdline(p))]
 
 
 def alive(pid: int) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 from bench.target import BenchError
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_WAIT_FRAMES = {("EpollSelector.select", "selectors.py"), ("select", "selectors.py")}
+_PLUMBING = ("asyncio/", "<frozen runpy>", "gateway/__main__.py", "selectors.py")
 PACKAGES = ("gateway", "tornado", "zmq", "jupyter_client", "pydantic", "pydantic_core",
             "asyncio", "logging", "json", "prometheus_client", "dateutil", "hmac", "uuid",
             "selectors", "http")
@@ -55,37 +57,45 @@ def _package(file: str) -> str:
 
 
 def summarize(collapsed: Path, calls: int, top: int = 15) -> dict[str, Any]:
-    """Self and inclusive sample shares per function, self share per package, from py-spy's
-    collapsed-stack file. Raises BenchError when the file is empty."""
+    """Per-function self and inclusive shares and per-package self shares, from py-spy's
+    collapsed stacks. Shares are of *busy* samples: those not waiting in the event loop's
+    ``select`` (py-spy counts epoll_wait as active). Raises BenchError if nothing was sampled."""
     self_cost: Counter[tuple[str, str]] = Counter()
     inclusive: Counter[tuple[str, str]] = Counter()
     by_package: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_key(f) for f in stack.split(";") if not f.startswith("process ")
-                  and not f.startswith("thread ")]
+        frames = [_frame_key(f) for f in stack.split(";")
+                  if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         total += count
+        if frames[-1] in _WAIT_FRAMES:
+            waiting += count
+            continue
         self_cost[frames[-1]] += count
         by_package[_package(frames[-1][1])] += count
         for key in set(frames):
-            inclusive[key] += count
-    if total == 0:
-        raise BenchError(f"py-spy recorded no samples in {collapsed}")
+            if not key[1].startswith(_PLUMBING):
+                inclusive[key] += count
+    busy = total - waiting
+    if busy == 0:
+        raise BenchError(f"py-spy recorded no busy samples in {collapsed}")
 
     def rows(counter: Counter[tuple[str, str]]) -> list[dict[str, Any]]:
-        return [{"function": f, "file": file, "share": round(c / total, 4)}
+        return [{"function": f, "file": file, "share": round(c / busy, 4)}
                 for (f, file), c in counter.most_common(top)]
 
     return {
         "samples": total,
+        "busy_samples": busy,
+        "loop_wait_share": round(waiting / total, 4),
         "calls": calls,
         "self": rows(self_cost),
         "inclusive": rows(inclusive),
-        "self_by_package": {p: round(c / total, 4) for p, c in by_package.most_common()},
+        "self_by_package": {p: round(c / busy, 4) for p, c in by_package.most_common()},
     }

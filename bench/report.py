@@ -49,6 +49,12 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
     r["start_p50_kg_vs_raw"] = ratio(_get(start, KG, "first_result_ms", "p50"), raw_start)
     r["start_p50_kg_vs_rest"] = ratio(_get(start, KG, "first_result_ms", "p50"),
                                       _get(start, REST, "first_result_ms", "p50"))
+    r["start_p50_rest_pool_vs_raw"] = ratio(_get(start, f"{REST}_pool", "first_result_ms", "p50"),
+                                            raw_start)
+    r["start_p50_jupyter_pool_vs_raw"] = ratio(
+        _get(start, f"{JUP}_pool", "first_result_ms", "p50"), raw_start)
+    r["server_rss_per_session_kg_vs_rest"] = ratio(_get(tput, KG, "server_rss_kb_per_session"),
+                                                   _get(tput, REST, "server_rss_kb_per_session"))
     stream = results.get("stream", {})
     for name, key in ((REST, "rest"), (JUP, "jupyter"), (KG, "kg")):
         r[f"stream_seconds_{key}_vs_raw"] = ratio(_get(stream, name, "seconds"),
@@ -68,6 +74,10 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
         _target("stock KG p50 >= 10x REST p50", r["latency_p50_kg_vs_rest"], ">=", 10.0),
         _target("stock KG p50 >= 10x our Jupyter API p50", r["latency_p50_kg_vs_jupyter"],
                 ">=", 10.0),
+        _target("warm-pool start p50 <= 50 ms (REST, create + first result)",
+                _get(start, f"{REST}_pool", "first_result_ms", "p50"), "<=", 50.0),
+        _target("warm-pool start p50 <= 50 ms (Jupyter API, POST + WS + first result)",
+                _get(start, f"{JUP}_pool", "first_result_ms", "p50"), "<=", 50.0),
     ]
     for name in (RAW, REST, JUP, KG):
         complete = _get(stream, name, "complete")
@@ -119,10 +129,17 @@ def table(results: dict[str, Any]) -> str:
             if v is not None:
                 rows.append((f"calls/s at {n}: {name} vs raw", v, ref, ratio(v, ref)))
     ref = _get(start, RAW, "first_result_ms", "p50")
-    for name in (REST, JUP, KG):
+    for name in (REST, JUP, KG, f"{REST}_pool", f"{JUP}_pool"):
         v = _get(start, name, "first_result_ms", "p50")
+        kind = "pooled" if name.endswith("_pool") else "cold"
         if v is not None:
-            rows.append((f"cold start p50 ms: {name} vs raw", v, ref, ratio(v, ref)))
+            rows.append((f"{kind} start p50 ms: {name.removesuffix('_pool')} vs raw", v, ref,
+                         ratio(v, ref)))
+    ref = _get(tput, REST, "server_rss_kb_per_session")
+    for name in (JUP, KG):
+        v = _get(tput, name, "server_rss_kb_per_session")
+        if v is not None:
+            rows.append((f"server RSS KiB/session: {name} vs REST", v, ref, ratio(v, ref)))
     ref = _get(lat, RAW, "client_cpu_ms_per_call")
     for name in (REST, KG):
         v = _get(lat, name, "server_cpu_ms_per_call")

@@ -137,6 +137,10 @@ class Session:
         self.active_mono = time.monotonic()
 
     @property
+    def closed(self) -> bool:
+        return self.state == SessionState.closed
+
+    @property
     def busy(self) -> bool:
         return self.lock.locked() or self.waiting > 0
 
@@ -352,11 +356,11 @@ class SessionManager:
     async def live_connection(self, session: Session) -> KernelConnection:
         """The session's kernel connection, starting a fresh kernel if the last one died.
         Raises SessionNotFound once the session is closed."""
-        if session.state == SessionState.closed:
+        if session.closed:
             raise errors.SessionNotFound(f"session {session.id!r} was deleted")
         if session.conn is None or session.conn.dead:
             async with self._turn(session):
-                if session.state == SessionState.closed:
+                if session.closed:
                     raise errors.SessionNotFound(f"session {session.id!r} was deleted")
                 if session.conn is None or session.conn.dead:
                     await self._replace_kernel(session)

@@ -48,7 +48,7 @@ def test_calls_through_both_replicas_are_serialized(replicas: tuple[Gateway, Gat
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, [(a if n % 2 else b, n) for n in range(8)]))
     assert {r["status"] for r in results} == {"ok"}
-    log = eval(a.execute("fifo", "log")["outputs"][0]["data"]["text/plain"])  # noqa: S307
+    log = eval(a.execute("fifo", "log")["outputs"][0]["data"]["text/plain"])
     pairs = [log[i:i + 2] for i in range(0, len(log), 2)]
     assert all(p[0].replace("start", "end") == p[1] for p in pairs), log  # never interleaved
 
