@@ -119,7 +119,7 @@ def test_gateway_image_serves_a_request(docker_client, tmp_path) -> None:
                      "GATEWAY_RUNTIME_DIR": runtime, "GATEWAY_POOL_SIZE": "0"},
         volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
                  runtime: {"bind": runtime, "mode": "rw"}},
-        labels={"exec-gateway.managed": "true", "exec-gateway.gateway": instance},
+        labels={"exec-gateway.test": instance},  # not the kernel labels: it would reap itself
     )
     try:
         url = f"http://127.0.0.1:{port}"
