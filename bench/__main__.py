@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"], results["targets"] = derive(results)
     path = config.results_dir / "latest.json"
     write_json(results, path)
+    stamp = results["meta"]["started_at"].replace(":", "").replace("+0000", "Z")
+    write_json(results, config.results_dir / f"run-{stamp}.json")  # kept to compare runs
     print(json.dumps(results, indent=2, default=str))
     print()
     print(table(results))

@@ -390,8 +390,12 @@ async def test_execute_over_channels(gw: Gateway, aapi: httpx.AsyncClient, kerne
 async def test_control_channel_interrupts_a_running_cell(gw: Gateway, kernel: dict,
                                                          kernel_ws: KernelWs, v1: bool) -> None:
     ws = await kernel_ws(gw.url, kernel["id"], gw.token, v1=v1)
-    request = await ws.send("shell", "execute_request", {"code": "while True: pass"})
-    await ws.wait_for(is_status("busy", request["header"]["msg_id"]))
+    code = "print('looping', flush=True)\nwhile True: pass"
+    request = await ws.send("shell", "execute_request", {"code": code})
+    # interrupt once the loop runs: a SIGINT that lands while ipykernel is still setting
+    # the cell up is swallowed there, and the loop would then run forever
+    await ws.wait_for(lambda ch, m: ch == "iopub" and m["header"]["msg_type"] == "stream"
+                      and m["parent_header"].get("msg_id") == request["header"]["msg_id"])
     interrupt = await ws.send("control", "interrupt_request")
     control_reply = await ws.wait_for(
         lambda ch, m: ch == "control"

@@ -126,6 +126,8 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         return None
 
     def open(self, kernel_id: str) -> None:  # type: ignore[override]
+        # tornado turns TCP_NODELAY off after the 101 answer: small frames would wait ~40 ms
+        self.set_nodelay(True)
         self._v1 = self.selected_subprotocol == V1_PROTOCOL
         if self.session.state == SessionState.closed:  # deleted during the handshake
             self.close(CLOSE_KERNEL_GONE, "kernel deleted")

@@ -83,6 +83,8 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         return None
 
     def open(self, session_id: str) -> None:  # type: ignore[override]
+        # tornado turns TCP_NODELAY off after the 101 answer: small frames would wait ~40 ms
+        self.set_nodelay(True)
         events, session = self.session.events, self.session
         if session.state == SessionState.closed:  # deleted during the handshake
             self.close(CLOSE_SESSION_GONE, "session closed")

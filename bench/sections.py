@@ -1,0 +1,238 @@
+"""The bench's sections: each measures one concern on already started servers (or starts
+its own) and writes its figures into the results dict. Called in order by ``__main__``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+from bench import profiling
+from bench.config import BenchConfig
+from bench.gateway_rest import RestTarget, start_gateway, stop_gateway, wait_for_pool
+from bench.jupyter_ws import JupyterTarget
+from bench.loops import (
+    CODE,
+    close_executors,
+    interleaved_latency,
+    interleaved_starts,
+    open_executors,
+    stream_delivery,
+    throughput,
+    warm,
+)
+from bench.procs import ProcessTracker, cpu_seconds, kernel_pids, memory_kb, rss_bytes
+from bench.raw import RawTarget
+from bench.report import JUP, REST
+from bench.target import Executor, Target, check_two
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def gateway_settings(config: BenchConfig, sessions: int, pool_size: int = 0
+                      ) -> dict[str, str]:
+    """GATEWAY_* for a bench gateway: room for ``sessions``, a warm pool of ``pool_size``
+    (0 everywhere but the pooled-start figures, so no background refill skews a loop)."""
+    return {"max_sessions": str(sessions), "max_sessions_per_key": str(sessions),
+            "pool_size": str(pool_size), "log_level": config.gateway_log_level}
+
+
+async def latency_section(config: BenchConfig, results: dict[str, Any],
+                          targets: list[Target]) -> None:
+    """Sequential ``1+1`` on one warm session per target, interleaved in rounds."""
+    executors: dict[str, tuple[Executor, int | None]] = {}
+    try:
+        for target in targets:
+            executors[target.name] = (await target.start(), target.server_pid)
+        sampled = await interleaved_latency(executors, config.iterations, config.rounds,
+                                            config.warmup, config.loop_max_s)
+    finally:
+        await close_executors([e for e, _ in executors.values()])
+    results["latency"].update({name: s.figures() for name, s in sampled.items()})
+
+
+async def kg_latency_section(config: BenchConfig, results: dict[str, Any], kg: Target) -> None:
+    """Stock KG: its own loop (it is too slow to interleave at the same count)."""
+    executor = await kg.start()
+    try:
+        sampled = await interleaved_latency({kg.name: (executor, kg.server_pid)},
+                                            config.kg_iterations, 1, min(config.warmup, 30),
+                                            config.loop_max_s)
+    finally:
+        await executor.close()
+    results["latency"][kg.name] = sampled[kg.name].figures()
+
+
+async def throughput_section(config: BenchConfig, results: dict[str, Any],
+                             targets: list[Target]) -> None:
+    """All targets' sessions/kernels are opened first (the server's RSS per session is read
+    around that), then each level runs on the first n of them, target after target."""
+    top = max(config.concurrency)
+    opened: dict[str, list[Executor]] = {}
+    try:
+        for target in targets:
+            pid = target.server_pid
+            before = rss_bytes(pid) if pid else 0
+            opened[target.name], failures = await open_executors(
+                target, top, config.start_parallel, retries=2)
+            _record_failures(results, f"throughput/{target.name}", failures)
+            await asyncio.gather(*(warm(e, 5) for e in opened[target.name]))
+            figures = results["throughput"].setdefault(target.name, {})
+            if pid:
+                figures["server_rss_kb_per_session"] = round(
+                    (rss_bytes(pid) - before) / 1024 / top, 1)
+        for n in config.concurrency:
+            for target in targets:
+                log(f"  throughput {target.name} x{n}")
+                results["throughput"][target.name][str(n)] = await throughput(
+                    opened[target.name][:n], target.server_pid, config.throughput_s)
+    finally:
+        for executors in opened.values():
+            await close_executors(executors)
+
+
+async def stream_section(config: BenchConfig, results: dict[str, Any],
+                         targets: list[Target]) -> None:
+    for target in targets:
+        executor = await target.start()
+        try:
+            await warm(executor, 3)
+            results["stream"][target.name] = await stream_delivery(executor, config.stream_lines)
+        finally:
+            await executor.close()
+
+
+async def start_section(config: BenchConfig, results: dict[str, Any],
+                        targets: list[Target]) -> None:
+    """Cold starts, interleaved between targets: a new kernel process each time (the main
+    gateway runs without a pool)."""
+    results["session_start"].update(
+        await interleaved_starts(targets, config.starts, 2 * config.loop_max_s))
+
+
+async def pool_start_section(config: BenchConfig, results: dict[str, Any],
+                             tracker: ProcessTracker) -> None:
+    """Starts from a full warm pool: a gateway with ``pool_size`` kernels; before each start
+    (untimed) the bench waits until the pool is full again. The refill that the start itself
+    triggers does run during its first execute, as it would in production."""
+    gw = await start_gateway(tracker, config.results_dir / "logs" / "gateway-pool.log",
+                             gateway_settings(config, 2 * config.pool_size + 8,
+                                              config.pool_size))
+    try:
+        async def full() -> None:
+            await wait_for_pool(gw, config.pool_size)
+
+        targets: list[Target] = [RestTarget(gw)]
+        jupyter = JupyterTarget(JUP, gw.port, gw.token, gw.pid)
+        if (await jupyter.available())[0]:
+            targets.append(jupyter)
+        figures = await interleaved_starts(targets, config.starts, config.loop_max_s,
+                                           before_each=full)
+        results["session_start"].update({f"{k}_pool": v for k, v in figures.items()})
+    finally:
+        await stop_gateway(tracker, gw)
+
+
+async def profile_section(config: BenchConfig, results: dict[str, Any],
+                          rest: RestTarget) -> None:
+    """py-spy on the gateway during an extra REST loop (not the one the figures come from)."""
+    exe = profiling.py_spy()
+    if exe is None:
+        results["notes"].append("profile skipped: py-spy is not installed")
+        return
+    out = config.results_dir / "profile-gateway.txt"
+    executor = await rest.start()
+    try:
+        await warm(executor, config.warmup)
+        spy = await profiling.record(exe, rest.gw.pid, config.profile_s, out)
+        await asyncio.sleep(0.5)  # let py-spy attach before the counted window
+        calls, started = 0, time.perf_counter()
+        while spy.returncode is None and time.perf_counter() - started < config.profile_s + 30:
+            check_two(await executor.execute(CODE))
+            calls += 1
+        _, err = await spy.communicate()
+        if spy.returncode != 0:
+            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace').strip()}")
+    finally:
+        await executor.close()
+    summary = profiling.summarize(out, calls)
+    summary["collapsed_stacks"] = str(out)
+    results["profile"] = summary
+
+
+async def memory_section(config: BenchConfig, results: dict[str, Any],
+                         tracker: ProcessTracker) -> None:
+    """A fresh gateway: RSS with 0 and with N idle sessions, per-kernel memory, idle CPU,
+    REST latency with the idle sessions present; a raw kernel after one cell as reference."""
+    n = config.idle_sessions
+    logs = config.results_dir / "logs"
+    gw = await start_gateway(tracker, logs / "gateway-memory.log",
+                             gateway_settings(config, n + 8))
+    raw = RawTarget(tracker)
+    mem = results["memory"]
+    try:
+        await asyncio.sleep(1.0)
+        base = memory_kb(gw.pid)
+        rest = RestTarget(gw)
+        sessions, failures = await open_executors(rest, n, config.start_parallel,
+                                                  retries=max(2, n // 20))
+        _record_failures(results, "memory", failures)
+        try:
+            await asyncio.gather(*(warm(s, 1) for s in sessions))
+            await asyncio.sleep(2.0)
+            loaded = memory_kb(gw.pid)
+            kernels = [memory_kb(pid) for pid in kernel_pids(gw.pid)]
+            cpu0 = cpu_seconds(gw.pid)
+            await asyncio.sleep(config.idle_window_s)
+            idle_cpu = cpu_seconds(gw.pid) - cpu0
+            sampled = await interleaved_latency({REST: (sessions[0], gw.pid)}, config.iterations,
+                                                1, config.warmup, config.loop_max_s)
+        finally:
+            await close_executors(sessions)
+        reference = await raw.start()
+        try:
+            await warm(reference, 1)
+            await asyncio.sleep(1.0)
+            raw_kb = memory_kb(reference.pid) if reference.pid else None
+        finally:
+            await reference.close()
+    finally:
+        await stop_gateway(tracker, gw)
+        raw.close()
+    if len(kernels) != n:
+        results["notes"].append(f"memory: found {len(kernels)} kernel processes for {n} "
+                                "sessions below the gateway")
+    mem.update({
+        "sessions": n,
+        "kernels_found": len(kernels),
+        "gateway_kb_no_sessions": base,
+        "gateway_kb_with_sessions": loaded,
+        "gateway_rss_kb_per_idle_session": round((loaded["rss"] - base["rss"]) / n, 1),
+        "kernel_kb": _kernel_summary(kernels),
+        "raw_kernel_kb": raw_kb,
+        "idle_cpu_percent": round(idle_cpu / config.idle_window_s * 100, 2),
+        "idle_window_s": config.idle_window_s,
+        "latency_with_idle_sessions": sampled[REST].figures(),
+    })
+
+
+def _record_failures(results: dict[str, Any], where: str, failures: list[str]) -> None:
+    """Starts that failed and were retried: kept in the report, they are a finding too."""
+    if failures:
+        results.setdefault("start_failures", {})[where] = failures
+        results["notes"].append(f"{where}: {len(failures)} session/kernel start(s) failed and "
+                                f"were retried; first: {failures[0][:200]}")
+
+
+def _kernel_summary(kernels: list[dict[str, int]]) -> dict[str, Any]:
+    if not kernels:
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("rss", "pss", "uss"):
+        values = sorted(k[key] for k in kernels)
+        out[f"{key}_median"] = values[len(values) // 2]
+        out[f"{key}_total"] = sum(values)
+    return out
