@@ -38,9 +38,11 @@ from bench.raw import RawTarget
 from bench.report import JUP, KG, derive, table, write_json
 from bench.sections import gateway_settings, log
 from bench.target import Target
+from bench.v1_ws import V1WsTarget
 
 HTTP_CLIENT_NOTE = ("REST: bench.http_client (asyncio streams, HTTP/1.1 keep-alive, one write "
-                    "per request); Jupyter: tornado websocket client, TCP_NODELAY on our side")
+                    "per request); /v1 WS and Jupyter: tornado websocket client, TCP_NODELAY "
+                    "on our side")
 
 
 def _versions() -> dict[str, str]:
@@ -83,6 +85,7 @@ def new_results(config: BenchConfig) -> dict[str, Any]:
         },
         "config": dataclasses.asdict(config),
         "latency": {}, "throughput": {}, "session_start": {}, "stream": {}, "memory": {},
+        "docker": {},
         "errors": {}, "notes": [], "section_seconds": {},
     }
 
@@ -102,9 +105,9 @@ async def _section(results: dict[str, Any], name: str, work: Awaitable[None]) ->
 # ------------------------------------------------------------------ orchestration
 async def _our_targets(gw: GatewayProcess, raw: RawTarget, results: dict[str, Any]
                        ) -> tuple[RestTarget, list[Target]]:
-    """raw, REST, and our Jupyter API unless it answers 404."""
+    """raw, REST, the /v1 WebSocket, and our Jupyter API unless it answers 404."""
     rest = RestTarget(gw)
-    targets: list[Target] = [raw, rest]
+    targets: list[Target] = [raw, rest, V1WsTarget(gw)]
     jupyter = JupyterTarget(JUP, gw.port, gw.token, gw.pid)
     available, why = await jupyter.available()
     if available:
@@ -136,11 +139,12 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     raw = RawTarget(tracker)
+    raw_stream = RawTarget(tracker, lift_iopub_hwm=True)  # the gateway's kernel, read raw
     gw: GatewayProcess | None = None
     kg: KernelGatewayProcess | None = None
     try:
         gw = await start_gateway(tracker, config.results_dir / "logs" / "gateway.log",
-                                 gateway_settings(config, 2 * max(config.concurrency) + 8))
+                                 gateway_settings(config, 3 * max(config.concurrency) + 8))
         rest, ours = await _our_targets(gw, raw, results)
         kg = await _start_stock(config, tracker, results)
         stock: list[Target] = [] if kg is None else [JupyterTarget(KG, kg.port, kg.token, kg.pid)]
@@ -150,7 +154,8 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
             await _section(results, "kg_latency",
                            sections.kg_latency_section(config, results, target))
         await _section(results, "throughput", sections.throughput_section(config, results, every))
-        await _section(results, "stream", sections.stream_section(config, results, every))
+        await _section(results, "stream", sections.stream_section(
+            config, results, [raw_stream if t is raw else t for t in every]))
         await _section(results, "session_start", sections.start_section(config, results, every))
         if config.profile:
             await _section(results, "profile", sections.profile_section(config, results, rest))
@@ -160,19 +165,26 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         if gw is not None:
             await stop_gateway(tracker, gw)
         raw.close()
+        raw_stream.close()
     await _section(results, "pool_start", sections.pool_start_section(config, results, tracker))
     await _section(results, "memory", sections.memory_section(config, results, tracker))
+    if config.docker:
+        await _section(results, "docker", sections.docker_section(config, results, tracker))
+    else:
+        results["docker"]["skipped"] = "turned off (--no-docker or BENCH_DOCKER=0)"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller counts (about two minutes)")
     parser.add_argument("--no-kg", action="store_true", help="skip stock jupyter-kernel-gateway")
+    parser.add_argument("--no-docker", action="store_true", help="skip the Docker launcher")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the gateway with py-spy during an extra REST loop")
     args = parser.parse_args(argv)
     try:
         config = load(args.quick, kernel_gateway=False if args.no_kg else None,
+                      docker=False if args.no_docker else None,
                       profile=True if args.profile else None)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)

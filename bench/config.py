@@ -27,6 +27,9 @@ class BenchConfig:
     stream_lines: int = 10_000  # one-line prints in one cell, per front door
     start_parallel: int = 4  # sessions/kernels started at once when opening many
     kernel_gateway: bool = True  # run the stock jupyter-kernel-gateway comparison
+    docker: bool = True  # the Docker launcher section (skipped with a note without engine/image)
+    docker_image: str = "exec-gateway-kernel:latest"  # the kernel image the docker gateways run
+    docker_idle_sessions: int = 10  # idle sessions per launcher for the Docker memory figures
     profile: bool = False  # sample the gateway with py-spy during an extra REST loop
     profile_s: float = 10.0
     gateway_log_level: str = "INFO"  # the gateway's default; every request is logged at INFO
@@ -36,7 +39,7 @@ class BenchConfig:
 
 QUICK = BenchConfig(iterations=300, rounds=4, warmup=30, kg_iterations=100, loop_max_s=30.0,
                     throughput_s=2.0, starts=4, idle_sessions=20, idle_window_s=2.0,
-                    profile_s=5.0)
+                    docker_idle_sessions=3, profile_s=5.0)
 
 
 def _parse(current: object, text: str) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import subprocess
@@ -60,6 +61,8 @@ async def start_gateway(tracker: ProcessTracker, log_path: Path,
         "GATEWAY_KERNEL_PYTHON": sys.executable,
         **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()},
     }
+    if os.environ.get("DOCKER_HOST"):  # the docker launcher's engine, when not the default
+        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
     proc = tracker.spawn([sys.executable, "-m", "gateway"], env=env, cwd=ROOT, log_path=log_path)
     gw = GatewayProcess(port, token, proc, log_path, home)
     conn = gw.connection()
@@ -131,7 +134,10 @@ class RestSession:
             raise BenchError(f"REST execute: status {result['status']}: {result.get('error')}")
         outputs = result["outputs"]
         text = outputs[0]["data"].get("text/plain", "") if outputs else ""
-        return ExecOutput(text=text, stdout=result["stdout"])
+        # REST hands all stdout over at once, with the answer
+        at = time.perf_counter() if result["stdout"] else None
+        return ExecOutput(text=text, stdout=result["stdout"], first_stdout_at=at,
+                          last_stdout_at=at)
 
     async def close(self) -> None:
         try:
@@ -145,10 +151,9 @@ class RestSession:
 class RestTarget:
     """Sessions created with ``POST /v1/sessions`` and driven with ``POST .../execute``."""
 
-    name = "gateway_rest"
-
-    def __init__(self, gw: GatewayProcess) -> None:
+    def __init__(self, gw: GatewayProcess, name: str = "gateway_rest") -> None:
         self.gw = gw
+        self.name = name
         self.server_pid: int | None = gw.pid
 
     async def start(self) -> RestSession:

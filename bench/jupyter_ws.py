@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +77,7 @@ class JupyterKernel:
         msg_id = request["header"]["msg_id"]
         await ws.write_message(json.dumps(request))
         text, stdout, idle, reply = "", [], False, None
+        first = last = None
         while not (idle and reply is not None):
             frame = await ws.read_message()
             if frame is None:
@@ -89,12 +91,16 @@ class JupyterKernel:
             elif kind == "execute_result":
                 text = body["data"].get("text/plain", "")
             elif kind == "stream" and body.get("name") == "stdout":
+                last = time.perf_counter()
+                if first is None:
+                    first = last
                 stdout.append(body["text"])
             elif kind == "status" and body["execution_state"] == "idle":
                 idle = True
         if reply["status"] != "ok":
             raise BenchError(f"channels execute: execute_reply status {reply['status']}")
-        return ExecOutput(text=text, stdout="".join(stdout))
+        return ExecOutput(text=text, stdout="".join(stdout), first_stdout_at=first,
+                          last_stdout_at=last)
 
     async def close(self) -> None:
         if self._ws is not None:

@@ -178,12 +178,23 @@ async def interleaved_starts(targets: Sequence[Target], count: int, max_s: float
                      "ready_ms": summarize_ms(ready[t.name])} for t in targets}
 
 
+STREAM_CODE = "for i in range({lines}): print(i, flush=True)"  # one iopub message per line
+
+
+def _ms_since(start: float, at: float | None) -> float | None:
+    return None if at is None else round((at - start) * 1000, 3)
+
+
 async def stream_delivery(executor: Executor, lines: int) -> dict[str, Any]:
-    """Print ``lines`` numbered lines in one cell; time it and count what arrived intact."""
+    """Print ``lines`` numbered lines in one cell, each flushed (one message per line): time to
+    the first and to the last piece of stdout at the client, to the end of the call, and how
+    many lines arrived intact (each number once, in order)."""
     start = time.perf_counter()
-    out = await executor.execute(f"for i in range({lines}): print(i)")
+    out = await executor.execute(STREAM_CODE.format(lines=lines))
     elapsed = time.perf_counter() - start
     got = out.stdout.splitlines()
     intact = sum(1 for i, line in enumerate(got) if line == str(i))
     return {"lines": lines, "delivered": intact, "complete": intact == lines == len(got),
+            "first_line_ms": _ms_since(start, out.first_stdout_at),
+            "all_lines_ms": _ms_since(start, out.last_stdout_at),
             "seconds": round(elapsed, 4)}

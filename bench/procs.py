@@ -36,6 +36,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def parent_pid(pid: int) -> int:
+    return int(_stat_fields(pid)[1])
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` in bytes (shared pages counted in full)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

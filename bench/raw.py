@@ -27,6 +27,7 @@ from bench.procs import ProcessTracker
 from bench.target import CALL_TIMEOUT_S, BenchError, ExecOutput
 
 KERNEL_NAME = "bench-python"
+KERNEL_BOOT = Path(__file__).resolve().parent.parent / "gateway" / "kernel_boot.py"
 START_TIMEOUT_S = 60.0
 
 
@@ -84,6 +85,7 @@ class RawKernel:
     async def _execute(self, code: str) -> ExecOutput:
         msg_id = self.kc.execute(code, allow_stdin=False)
         text, stdout = "", []
+        first = last = None
         while True:  # iopub until this request's idle status (what the gateway waits for too)
             msg: dict[str, Any] = await self.kc.get_iopub_msg(timeout=CALL_TIMEOUT_S)
             if msg["parent_header"].get("msg_id") != msg_id:
@@ -92,6 +94,9 @@ class RawKernel:
             if kind == "execute_result":
                 text = content["data"].get("text/plain", "")
             elif kind == "stream" and content.get("name") == "stdout":
+                last = time.perf_counter()
+                if first is None:
+                    first = last
                 stdout.append(content["text"])
             elif kind == "status" and content["execution_state"] == "idle":
                 break
@@ -101,7 +106,8 @@ class RawKernel:
                 break
         if reply["content"]["status"] != "ok":
             raise BenchError(f"raw kernel: execute_reply status {reply['content']['status']}")
-        return ExecOutput(text=text, stdout="".join(stdout))
+        return ExecOutput(text=text, stdout="".join(stdout), first_stdout_at=first,
+                          last_stdout_at=last)
 
     async def close(self) -> None:
         self.kc.stop_channels()
@@ -120,13 +126,19 @@ class RawTarget:
     name = "raw"
     server_pid: int | None = None
 
-    def __init__(self, tracker: ProcessTracker) -> None:
+    def __init__(self, tracker: ProcessTracker, lift_iopub_hwm: bool = False) -> None:
+        """``lift_iopub_hwm``: run the kernel through the gateway's ``kernel_boot.py`` shim, as
+        its local launcher does (iopub's send high-water mark lifted), instead of
+        ``ipykernel_launcher``: stock ipykernel drops iopub messages beyond 1000 queued, so a
+        flushed-print stream read by a slower client loses lines."""
         self._tracker = tracker
+        self.lift_iopub_hwm = lift_iopub_hwm
         # short on purpose: ipc socket paths must stay under 107 bytes
         self._dir = Path(tempfile.mkdtemp(prefix="bnr-", dir="/tmp"))
         spec_dir = self._dir / "kernels" / KERNEL_NAME
         spec_dir.mkdir(parents=True)
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        argv = ([sys.executable, str(KERNEL_BOOT), "-f", "{connection_file}"] if lift_iopub_hwm
+                else [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
         spec = {"argv": argv, "display_name": "bench", "language": "python",
                 "interrupt_mode": "message"}
         (spec_dir / "kernel.json").write_text(json.dumps(spec))

@@ -11,6 +11,9 @@ from typing import Any
 from bench.stats import ratio
 
 REST, RAW, JUP, KG = "gateway_rest", "raw", "gateway_jupyter", "kernel_gateway"
+V1 = "gateway_v1_ws"
+DOCKER, DOCKER_LOCAL = "docker_rest", "local_rest"  # the docker section's two gateways
+FRONT_DOORS = ((REST, "rest"), (V1, "v1ws"), (JUP, "jupyter"), (KG, "kg"))
 
 
 def _get(data: dict[str, Any], *path: str | int) -> Any:
@@ -28,6 +31,7 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
     r: dict[str, Any] = {}
     for q in ("p50", "p90", "p99"):
         r[f"latency_{q}_rest_vs_raw"] = ratio(_get(lat, REST, q), _get(lat, RAW, q))
+        r[f"latency_{q}_v1ws_vs_raw"] = ratio(_get(lat, V1, q), _get(lat, RAW, q))
         r[f"latency_{q}_jupyter_vs_raw"] = ratio(_get(lat, JUP, q), _get(lat, RAW, q))
     r["latency_p50_kg_vs_rest"] = ratio(_get(lat, KG, "p50"), _get(lat, REST, "p50"))
     r["latency_p99_kg_vs_rest"] = ratio(_get(lat, KG, "p99"), _get(lat, REST, "p99"))
@@ -40,12 +44,13 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
         _get(lat, KG, "server_cpu_ms_per_call"), _get(lat, REST, "server_cpu_ms_per_call"))
     tput = results.get("throughput", {})
     for n in results.get("config", {}).get("concurrency", []):
-        for name, key in ((REST, "rest"), (JUP, "jupyter"), (KG, "kg")):
+        for name, key in FRONT_DOORS:
             r[f"throughput_{n}_{key}_vs_raw"] = ratio(
                 _get(tput, name, n, "calls_per_s"), _get(tput, RAW, n, "calls_per_s"))
     start = results.get("session_start", {})
     raw_start = _get(start, RAW, "first_result_ms", "p50")
     r["start_p50_rest_vs_raw"] = ratio(_get(start, REST, "first_result_ms", "p50"), raw_start)
+    r["start_p50_v1ws_vs_raw"] = ratio(_get(start, V1, "first_result_ms", "p50"), raw_start)
     r["start_p50_kg_vs_raw"] = ratio(_get(start, KG, "first_result_ms", "p50"), raw_start)
     r["start_p50_kg_vs_rest"] = ratio(_get(start, KG, "first_result_ms", "p50"),
                                       _get(start, REST, "first_result_ms", "p50"))
@@ -56,9 +61,12 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
     r["server_rss_per_session_kg_vs_rest"] = ratio(_get(tput, KG, "server_rss_kb_per_session"),
                                                    _get(tput, REST, "server_rss_kb_per_session"))
     stream = results.get("stream", {})
-    for name, key in ((REST, "rest"), (JUP, "jupyter"), (KG, "kg")):
+    for name, key in FRONT_DOORS:
         r[f"stream_seconds_{key}_vs_raw"] = ratio(_get(stream, name, "seconds"),
                                                   _get(stream, RAW, "seconds"))
+        for figure in ("first_line_ms", "all_lines_ms"):
+            r[f"stream_{figure}_{key}_vs_raw"] = ratio(_get(stream, name, figure),
+                                                       _get(stream, RAW, figure))
     mem = results.get("memory", {})
     r["idle_session_gateway_rss_vs_kernel_uss"] = ratio(
         _get(mem, "gateway_rss_kb_per_idle_session"), _get(mem, "kernel_kb", "uss_median"))
@@ -66,6 +74,20 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
                                            _get(mem, "raw_kernel_kb", "uss"))
     r["latency_p99_with_idle_sessions_vs_rest"] = ratio(
         _get(mem, "latency_with_idle_sessions", "p99"), _get(lat, REST, "p99"))
+    dk = results.get("docker", {})
+    dstart, dlat, dmem = dk.get("session_start", {}), dk.get("latency", {}), dk.get("memory", {})
+    for q in ("p50", "p90"):
+        r[f"docker_start_{q}_vs_local"] = ratio(_get(dstart, DOCKER, "first_result_ms", q),
+                                                _get(dstart, DOCKER_LOCAL, "first_result_ms", q))
+        r[f"docker_latency_{q}_vs_local"] = ratio(_get(dlat, DOCKER, q),
+                                                  _get(dlat, DOCKER_LOCAL, q))
+    r["docker_pool_start_p50_vs_cold"] = ratio(
+        _get(dstart, f"{DOCKER}_pool", "first_result_ms", "p50"),
+        _get(dstart, DOCKER, "first_result_ms", "p50"))
+    r["docker_memory_per_session_vs_local"] = ratio(_get(dmem, DOCKER, "per_session_kb"),
+                                                    _get(dmem, DOCKER_LOCAL, "per_session_kb"))
+    r["docker_kernel_uss_vs_local"] = ratio(_get(dmem, DOCKER, "kernel_kb", "uss_median"),
+                                            _get(dmem, DOCKER_LOCAL, "kernel_kb", "uss_median"))
     top = max(results.get("config", {}).get("concurrency", [0]) or [0])
     targets = [
         _target("REST execute p50 <= 1.1x raw", r["latency_p50_rest_vs_raw"], "<=", 1.1),
@@ -78,13 +100,54 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
                 _get(start, f"{REST}_pool", "first_result_ms", "p50"), "<=", 50.0),
         _target("warm-pool start p50 <= 50 ms (Jupyter API, POST + WS + first result)",
                 _get(start, f"{JUP}_pool", "first_result_ms", "p50"), "<=", 50.0),
+        _target("Docker cold start p50 <= 1000 ms (create + first result)",
+                _get(dstart, DOCKER, "first_result_ms", "p50"), "<=", 1000.0),
+        _target("Docker warm-pool start p50 <= 50 ms (create + first result)",
+                _get(dstart, f"{DOCKER}_pool", "first_result_ms", "p50"), "<=", 50.0),
     ]
-    for name in (RAW, REST, JUP, KG):
+    for name in (RAW, REST, V1, JUP, KG):
         complete = _get(stream, name, "complete")
         if complete is not None:
             targets.append({"target": f"{name}: 100% of {stream[name]['lines']} lines delivered",
                             "value": stream[name]["delivered"], "met": bool(complete)})
     return r, targets
+
+
+def _docker_rows(dk: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """Docker launcher vs the local launcher, both measured in the docker section."""
+    if dk.get("skipped"):
+        return [("docker launcher", "skipped", "", "")]
+    rows: list[tuple[str, Any, Any, Any]] = []
+    start, lat, mem = dk.get("session_start", {}), dk.get("latency", {}), dk.get("memory", {})
+    for q in ("p50", "p90"):
+        v, ref = (_get(start, DOCKER, "first_result_ms", q),
+                  _get(start, DOCKER_LOCAL, "first_result_ms", q))
+        if v is not None:
+            rows.append((f"docker cold start {q} ms vs local", v, ref, ratio(v, ref)))
+    for q in ("p50", "p90"):
+        v = _get(start, f"{DOCKER}_pool", "first_result_ms", q)
+        ref = _get(start, DOCKER, "first_result_ms", q)
+        if v is not None:
+            rows.append((f"docker pooled start {q} ms vs docker cold", v, ref, ratio(v, ref)))
+    for q in ("p50", "p90"):
+        v, ref = _get(lat, DOCKER, q), _get(lat, DOCKER_LOCAL, q)
+        if v is not None:
+            rows.append((f"docker execute {q} ms vs local", v, ref, ratio(v, ref)))
+    if mem.get("sessions"):
+        n = mem["sessions"]
+        v, ref = _get(mem, DOCKER, "per_session_kb"), _get(mem, DOCKER_LOCAL, "per_session_kb")
+        rows.append((f"docker KiB/idle session ({n}) vs local", v, ref, ratio(v, ref)))
+        v = _get(mem, DOCKER, "container_kb_median")
+        rows.append(("  docker container (cgroup) KiB vs local kernel USS", v,
+                     _get(mem, DOCKER_LOCAL, "kernel_kb", "uss_median"),
+                     ratio(v, _get(mem, DOCKER_LOCAL, "kernel_kb", "uss_median"))))
+        v = _get(mem, DOCKER, "kernel_kb", "uss_median")
+        ref = _get(mem, DOCKER_LOCAL, "kernel_kb", "uss_median")
+        rows.append(("  docker kernel USS KiB vs local kernel USS", v, ref, ratio(v, ref)))
+        v, ref = (_get(mem, DOCKER, "gateway_rss_kb_per_idle_session"),
+                  _get(mem, DOCKER_LOCAL, "gateway_rss_kb_per_idle_session"))
+        rows.append(("  gateway RSS KiB/session: docker vs local", v, ref, ratio(v, ref)))
+    return rows
 
 
 def _target(label: str, value: float | None, op: str, bound: float) -> dict[str, Any]:
@@ -110,7 +173,7 @@ def table(results: dict[str, Any]) -> str:
     lat, tput = results.get("latency", {}), results.get("throughput", {})
     start, mem = results.get("session_start", {}), results.get("memory", {})
     rows: list[tuple[str, Any, Any, Any]] = [("figure", "value", "reference", "ratio")]
-    for name in (REST, JUP, KG):
+    for name in (REST, V1, JUP, KG):
         if _get(lat, name, "skipped"):
             rows.append((f"execute {name}", "skipped", "", ""))
             continue
@@ -124,34 +187,40 @@ def table(results: dict[str, Any]) -> str:
             rows.append((f"execute {q} ms: stock KG vs REST", v, ref, ratio(v, ref)))
     for n in results.get("config", {}).get("concurrency", []):
         ref = _get(tput, RAW, n, "calls_per_s")
-        for name in (REST, JUP, KG):
+        for name in (REST, V1, JUP, KG):
             v = _get(tput, name, n, "calls_per_s")
             if v is not None:
                 rows.append((f"calls/s at {n}: {name} vs raw", v, ref, ratio(v, ref)))
     ref = _get(start, RAW, "first_result_ms", "p50")
-    for name in (REST, JUP, KG, f"{REST}_pool", f"{JUP}_pool"):
+    for name in (REST, V1, JUP, KG, f"{REST}_pool", f"{JUP}_pool"):
         v = _get(start, name, "first_result_ms", "p50")
         kind = "pooled" if name.endswith("_pool") else "cold"
         if v is not None:
             rows.append((f"{kind} start p50 ms: {name.removesuffix('_pool')} vs raw", v, ref,
                          ratio(v, ref)))
     ref = _get(tput, REST, "server_rss_kb_per_session")
-    for name in (JUP, KG):
+    for name in (V1, JUP, KG):
         v = _get(tput, name, "server_rss_kb_per_session")
         if v is not None:
             rows.append((f"server RSS KiB/session: {name} vs REST", v, ref, ratio(v, ref)))
     ref = _get(lat, RAW, "client_cpu_ms_per_call")
-    for name in (REST, KG):
+    for name in (REST, V1, KG):
         v = _get(lat, name, "server_cpu_ms_per_call")
         if v is not None:
             rows.append((f"server CPU ms/call: {name} vs raw client", v, ref, ratio(v, ref)))
     stream = results.get("stream", {})
     ref = _get(stream, RAW, "seconds")
-    for name in (REST, JUP, KG):
+    for name in (REST, V1, JUP, KG):
         v = _get(stream, name, "seconds")
         if v is not None:
             rows.append((f"{stream[name]['lines']} lines s: {name} vs raw", v, ref,
                          ratio(v, ref)))
+    for figure, label in (("first_line_ms", "first line"), ("all_lines_ms", "all lines")):
+        ref = _get(stream, RAW, figure)
+        for name in (REST, V1, JUP, KG):
+            v = _get(stream, name, figure)
+            if v is not None:
+                rows.append((f"stream {label} ms: {name} vs raw", v, ref, ratio(v, ref)))
     if mem.get("sessions"):
         uss = _get(mem, "kernel_kb", "uss_median")
         per = mem.get("gateway_rss_kb_per_idle_session")
@@ -163,6 +232,7 @@ def table(results: dict[str, Any]) -> str:
         rows.append((f"REST p99 ms with {mem['sessions']} idle vs without", v, ref,
                      ratio(v, ref)))
         rows.append(("gateway idle CPU % of a core", mem.get("idle_cpu_percent"), "", ""))
+    rows.extend(_docker_rows(results.get("docker", {})))
     width = max(len(row[0]) for row in rows)
     lines = [f"{row[0]:<{width}}  {_fmt(row[1]):>10}  {_fmt(row[2]):>10}  {_fmt(row[3], 3):>7}"
              for row in rows]

@@ -8,9 +8,15 @@ import sys
 import time
 from typing import Any
 
-from bench import profiling
+from bench import docker_sandbox, profiling
 from bench.config import BenchConfig
-from bench.gateway_rest import RestTarget, start_gateway, stop_gateway, wait_for_pool
+from bench.gateway_rest import (
+    GatewayProcess,
+    RestTarget,
+    start_gateway,
+    stop_gateway,
+    wait_for_pool,
+)
 from bench.jupyter_ws import JupyterTarget
 from bench.loops import (
     CODE,
@@ -24,7 +30,7 @@ from bench.loops import (
 )
 from bench.procs import ProcessTracker, cpu_seconds, kernel_pids, memory_kb, rss_bytes
 from bench.raw import RawTarget
-from bench.report import JUP, REST
+from bench.report import DOCKER, DOCKER_LOCAL, JUP, REST
 from bench.target import Executor, Target, check_two
 
 
@@ -96,13 +102,20 @@ async def throughput_section(config: BenchConfig, results: dict[str, Any],
 
 async def stream_section(config: BenchConfig, results: dict[str, Any],
                          targets: list[Target]) -> None:
+    """One flushed-print cell per target. The raw reference should run its kernel through the
+    gateway's boot shim (``RawTarget(lift_iopub_hwm=True)``): the same kernel as the gateway's,
+    read straight from iopub with jupyter_client."""
     for target in targets:
         executor = await target.start()
         try:
             await warm(executor, 3)
-            results["stream"][target.name] = await stream_delivery(executor, config.stream_lines)
+            figures = await stream_delivery(executor, config.stream_lines)
         finally:
             await executor.close()
+        if isinstance(target, RawTarget):
+            figures["kernel"] = ("gateway/kernel_boot.py (iopub send HWM lifted)"
+                                 if target.lift_iopub_hwm else "ipykernel_launcher")
+        results["stream"][target.name] = figures
 
 
 async def start_section(config: BenchConfig, results: dict[str, Any],
@@ -217,6 +230,129 @@ async def memory_section(config: BenchConfig, results: dict[str, Any],
         "idle_window_s": config.idle_window_s,
         "latency_with_idle_sessions": sampled[REST].figures(),
     })
+
+
+async def docker_section(config: BenchConfig, results: dict[str, Any],
+                         tracker: ProcessTracker) -> None:
+    """The Docker launcher against the local one, each on its own fresh gateway (pool off), in
+    the same run: cold starts (interleaved), warm ``1+1`` latency (interleaved rounds), idle
+    memory per session; then a docker gateway with a warm pool for pooled starts. Every
+    container labelled with these gateways' instance ids is removed at the end."""
+    ok, why = await docker_sandbox.available(config.docker_image)
+    dk = results["docker"]
+    if not ok:
+        dk["skipped"] = why
+        results["notes"].append(f"docker section skipped: {why}")
+        return
+    dk["engine"] = why
+    logs, ids = config.results_dir / "logs", []
+    sessions = config.docker_idle_sessions + 8
+
+    def docker_settings(name: str, pool: int = 0) -> dict[str, str]:
+        ids.append(docker_sandbox.instance_id(name))
+        return {**gateway_settings(config, sessions, pool), "launcher": "docker",
+                "instance_id": ids[-1], "docker_image": config.docker_image}
+
+    gws: list[GatewayProcess] = []
+    try:
+        gws.append(await start_gateway(tracker, logs / "gateway-docker.log",
+                                       docker_settings("cold")))
+        gws.append(await start_gateway(tracker, logs / "gateway-docker-local.log",
+                                       gateway_settings(config, sessions)))
+        docker_gw, local_gw = gws
+        targets: list[Target] = [RestTarget(docker_gw, DOCKER), RestTarget(local_gw, DOCKER_LOCAL)]
+        log("  docker cold starts")
+        dk["session_start"] = await interleaved_starts(targets, config.starts,
+                                                       2 * config.loop_max_s)
+        log("  docker warm latency")
+        executors: dict[str, tuple[Executor, int | None]] = {}
+        try:
+            for target in targets:
+                executors[target.name] = (await target.start(), target.server_pid)
+            sampled = await interleaved_latency(executors, config.iterations, config.rounds,
+                                                config.warmup, config.loop_max_s)
+        finally:
+            await close_executors([e for e, _ in executors.values()])
+        dk["latency"] = {name: s.figures() for name, s in sampled.items()}
+        log("  docker idle memory")
+        dk["memory"] = await _docker_memory(config, results, docker_gw, local_gw, ids[0])
+        for gw in gws:
+            await stop_gateway(tracker, gw)
+        gws.clear()
+        log("  docker pooled starts")
+        gws.append(await start_gateway(tracker, logs / "gateway-docker-pool.log",
+                                       docker_settings("pool", config.pool_size)))
+        pooled = gws[0]
+
+        async def full() -> None:
+            await wait_for_pool(pooled, config.pool_size, timeout_s=120.0)
+
+        figures = await interleaved_starts([RestTarget(pooled, DOCKER)], config.starts,
+                                           2 * config.loop_max_s, before_each=full)
+        dk["session_start"][f"{DOCKER}_pool"] = figures[DOCKER]
+        dk["session_start"][f"{DOCKER}_pool"]["pool_size"] = config.pool_size
+    finally:
+        for gw in gws:
+            await stop_gateway(tracker, gw)
+        left = await docker_sandbox.remove_containers(ids)
+        dk["instance_ids"] = ids
+        dk["containers_left_by_gateways"] = left
+        if left:
+            results["notes"].append(f"docker: the gateways left {len(left)} container(s) "
+                                    f"behind (removed by the bench): {left[:5]}")
+
+
+async def _docker_memory(config: BenchConfig, results: dict[str, Any], docker_gw: GatewayProcess,
+                         local_gw: GatewayProcess, docker_id: str) -> dict[str, Any]:
+    """n idle sessions (one cell each) on each launcher's gateway: the docker session's
+    container memory (cgroup) and its kernel's USS, the local kernel's USS, each gateway's RSS
+    growth per session; per session = container (or local kernel USS) + gateway growth."""
+    n = config.docker_idle_sessions
+    out: dict[str, Any] = {"sessions": n}
+    for gw, name in ((docker_gw, DOCKER), (local_gw, DOCKER_LOCAL)):
+        base = memory_kb(gw.pid)
+        opened, failures = await open_executors(RestTarget(gw, name), n, 2, retries=1)
+        _record_failures(results, f"docker_memory/{name}", failures)
+        try:
+            await asyncio.gather(*(warm(s, 1) for s in opened))
+            await asyncio.sleep(2.0)
+            growth = round((memory_kb(gw.pid)["rss"] - base["rss"]) / n, 1)
+            if name == DOCKER:
+                containers = await docker_sandbox.session_containers_memory(docker_id)
+                cgroup = sorted(c["cgroup_kb"] for c in containers if c["cgroup_kb"] is not None)
+                kernels = [c["kernel"] for c in containers if c.get("kernel")]
+                shims = [c["shim"] for c in containers if c.get("shim")]
+                median = cgroup[len(cgroup) // 2] if cgroup else None
+                out[name] = {
+                    "containers_found": len(containers),
+                    "cgroup_source": containers[0]["cgroup_source"] if containers else None,
+                    "container_kb_median": median,
+                    "kernel_kb": _kernel_summary(kernels),
+                    "container_processes_uss_kb_median": _median(
+                        [c["processes_uss_kb"] for c in containers if "processes_uss_kb" in c]),
+                    "shim_kb": _kernel_summary(shims),
+                    "gateway_rss_kb_per_idle_session": growth,
+                }
+                shim_uss = out[name]["shim_kb"].get("uss_median", 0)
+                # the engine's shim lives outside the container's cgroup but is per container
+                out[name]["per_session_kb"] = (None if median is None
+                                               else round(median + shim_uss + growth, 1))
+            else:
+                kernels = [memory_kb(pid) for pid in kernel_pids(gw.pid)]
+                uss = _kernel_summary(kernels).get("uss_median")
+                out[name] = {
+                    "kernels_found": len(kernels),
+                    "kernel_kb": _kernel_summary(kernels),
+                    "gateway_rss_kb_per_idle_session": growth,
+                    "per_session_kb": None if uss is None else round(uss + growth, 1),
+                }
+        finally:
+            await close_executors(opened)
+    return out
+
+
+def _median(values: list[int]) -> int | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 def _record_failures(results: dict[str, Any], where: str, failures: list[str]) -> None:

@@ -18,10 +18,13 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class ExecOutput:
-    """What a cell produced: its ``text/plain`` result and its stdout."""
+    """What a cell produced: its ``text/plain`` result and its stdout, and when (perf_counter)
+    the client got the first and the last piece of stdout (None when it had none)."""
 
     text: str
     stdout: str
+    first_stdout_at: float | None = None
+    last_stdout_at: float | None = None
 
 
 class Executor(Protocol):

@@ -133,6 +133,7 @@ class ApiHandler(GatewayHandler):
         super().initialize(services)
         self._chunks: list[bytes] = []
         self._received = 0
+        self._prepared = False  # until prepare() passes, an error answer ends the connection
         self._cors()
 
     def set_default_headers(self) -> None:
@@ -155,7 +156,6 @@ class ApiHandler(GatewayHandler):
         self.finish()
 
     async def prepare(self) -> None:
-        self._prepared = False
         if self.request.method != "OPTIONS":
             self.authenticate()
         limit = self.services.settings.max_request_bytes
