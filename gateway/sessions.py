@@ -668,7 +668,7 @@ class SessionManager:
                     return
                 session.pending_input[request_id] = msg
                 publish({"type": "input_request", "id": request_id,
-                         "prompt": content.get("prompt", ""),
+                         "prompt": str(content.get("prompt", ""))[:10_000],
                          "password": bool(content.get("password", False))})
 
         session.interrupt_requested = False
