@@ -20,12 +20,13 @@ mkdir -p deploy/.wheels
 rm -f deploy/.wheels/exec_gateway-*.whl
 python3 -m pip wheel -q --disable-pip-version-check --no-deps -w deploy/.wheels .
 wheel=$(ls deploy/.wheels/exec_gateway-*.whl)
-# the marker python_full_version < 3.11.3 (Debian bookworm has 3.11.2) needs the full version
+# async-timeout by name: redis needs it below python 3.11.3 (Debian bookworm has 3.11.2), and
+# pip download does not evaluate python_full_version markers for the target interpreter
 python3 -m pip download -q --disable-pip-version-check --only-binary=:all: \
-    --python-version 3.11.2 --implementation cp --abi cp311 \
+    --python-version 3.11 --implementation cp --abi cp311 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 --platform any \
-    -d deploy/.wheels "$wheel[docker,redis]"
+    -d deploy/.wheels "$wheel[docker,redis]" "async-timeout>=4.0.3"
 
 step "docker build exec-gateway:latest (FROM $BASE)"
 docker build -q --network none --build-arg BASE="$BASE" -f deploy/gateway.Dockerfile \
