@@ -79,6 +79,7 @@ class Session:
         self.env = env
         self.created_at = self.last_activity = _now()
         self.created_mono = self.active_mono = time.monotonic()
+        self.saved_mono = 0.0  # active_mono when the record was last written
         self.generation = 0
         self.execution_count = 0
         self.state = SessionState.starting
@@ -799,7 +800,17 @@ class SessionManager:
             log.info("reaping session_id=%s why=%s", session.id, why)
             self.metrics.reaped.labels(why).inc()
             await self._discard(session, remove_files=True)
+        await self._save_activity()
         return len(doomed)
+
+    async def _save_activity(self) -> None:
+        """Write the records of sessions used since their last write (execution count, last
+        activity): batched here, off the execute path, for re-adoption and other replicas."""
+        for session in list(self._sessions.values()):
+            used = session.active_mono > session.saved_mono
+            if used and session.ready.done() and not session.closed:
+                session.saved_mono = session.active_mono
+                await self._save(session)
 
 
 def _death_error(info: ExitInfo | None) -> ErrorInfo:

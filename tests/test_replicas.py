@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, wait_until
 
 
 @pytest.fixture
@@ -60,3 +60,19 @@ def test_replica_whose_owner_is_gone_answers_clearly(replicas: tuple[Gateway, Ga
     r = b.http.post("/v1/sessions/orphan/execute", json={"code": "1"})
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "owner_unreachable"
+
+
+def test_other_replicas_see_recent_activity(gateway_factory, redis_url: str) -> None:
+    token, prefix = secrets.token_urlsafe(24), f"act-{secrets.token_hex(3)}:"
+    common = {"registry_url": redis_url, "redis_key_prefix": prefix, "token": token,
+              "pool_size": 0, "reap_interval_s": 0.2}
+    a = gateway_factory(instance_id="act-a", **common)
+    b = gateway_factory(instance_id="act-b", **common)
+    a.execute("busy", "1")
+    a.execute("busy", "2")
+
+    def count_seen_by_b() -> int:
+        sessions = b.http.get("/v1/sessions").json()["sessions"]
+        return next((s["execution_count"] for s in sessions if s["id"] == "busy"), 0)
+
+    wait_until(lambda: count_seen_by_b() == 2, 10)
