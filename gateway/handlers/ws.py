@@ -91,7 +91,8 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
             return
         self._queue.append({"type": "hello", "session_id": session.id, "last_seq": events.seq,
                             "state": session.state.value, "generation": session.generation,
-                            "execution_count": session.execution_count})
+                            "execution_count": session.execution_count,
+                            "max_message_bytes": self.services.settings.ws_max_message_bytes})
         if self._since is not None:
             # a since beyond the log's end counts from another log (the session was recreated
             # or the gateway restarted): everything in this one is new to the client

@@ -308,6 +308,7 @@
       st.lastSeq = 0;
     }
     if (st.lastSeq === null) st.lastSeq = 0;
+    if (ev.max_message_bytes) st.maxMessageBytes = ev.max_message_bytes;
     setKernel({ state: ev.state, generation: ev.generation, executionCount: ev.execution_count });
   }
 
@@ -437,7 +438,15 @@
     const cell = new Cell(id, code);
     st.cells.set(id, cell);
     st.lastExecuteId = id;
-    sendMsg({ type: "execute", id, code });
+    const msg = { type: "execute", id, code };
+    // refuse locally what the gateway would refuse by closing the socket (1009): a close
+    // racing a half-sent frame can reach the browser as 1006, and the cell would wait forever
+    if (st.maxMessageBytes && new Blob([JSON.stringify(msg)]).size > st.maxMessageBytes) {
+      cell.problem("This code is larger than the gateway accepts in one message.");
+      cell.finish({ status: "refused", state_preserved: true });
+      return;
+    }
+    sendMsg(msg);
   }
 
   async function restart() {
