@@ -110,3 +110,14 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
             return b"".join(chunks)
         chunks.append(await reader.readexactly(size))
         await reader.readexactly(2)
+
+
+async def delete_quietly(http: HttpConnection, path: str) -> None:
+    """DELETE ``path`` within 30 s, then close ``http``; failures are fine (the server's own
+    shutdown stops the kernel)."""
+    try:
+        async with asyncio.timeout(30):
+            await http.request("DELETE", path)
+    except (TimeoutError, HttpError):
+        pass
+    await http.close()

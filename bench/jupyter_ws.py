@@ -17,7 +17,7 @@ from typing import Any
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
 
-from bench.http_client import HttpConnection, HttpError
+from bench.http_client import HttpConnection, HttpError, delete_quietly
 from bench.target import CALL_TIMEOUT_S, BenchError, ExecOutput
 
 PROTOCOL_VERSION = "5.3"
@@ -106,12 +106,7 @@ class JupyterKernel:
         if self._ws is not None:
             self._ws.close()
             self._ws = None
-        try:
-            async with asyncio.timeout(30):
-                await self._http.request("DELETE", f"/api/kernels/{self.kernel_id}")
-        except (TimeoutError, HttpError):
-            pass  # the server's own shutdown stops the kernel
-        await self._http.close()
+        await delete_quietly(self._http, f"/api/kernels/{self.kernel_id}")
 
 
 class JupyterTarget:

@@ -20,7 +20,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
 
 from bench.gateway_rest import GatewayProcess
-from bench.http_client import HttpConnection, HttpError
+from bench.http_client import HttpConnection, HttpError, delete_quietly
 from bench.target import CALL_TIMEOUT_S, BenchError, ExecOutput
 
 V1 = "gateway_v1_ws"
@@ -114,12 +114,7 @@ class V1Session:
         if self._ws is not None:
             self._ws.close()
             self._ws = None
-        try:
-            async with asyncio.timeout(30):
-                await self._http.request("DELETE", f"/v1/sessions/{self.session_id}")
-        except (TimeoutError, HttpError):
-            pass  # the gateway's own shutdown stops the kernel
-        await self._http.close()
+        await delete_quietly(self._http, f"/v1/sessions/{self.session_id}")
 
 
 class V1WsTarget:
