@@ -97,6 +97,10 @@ class OwnerUnreachable(GatewayError):
     status, code = 503, "owner_unreachable"
 
 
+class OwnerDown(OwnerUnreachable):
+    """Internal: the owner replica refused the connection, so it never saw the call."""
+
+
 class Forward(GatewayError):
     """Internal: another replica owns the session; handlers forward the call to ``url``."""
 

@@ -2,6 +2,10 @@
 
 Sessions are namespaced by owner (the API key's name): another key never sees them. Every
 public method is called by the handlers and raises only GatewayError subclasses.
+
+With a shared registry, each session is served by the one replica holding its lease (see
+``gateway.registry``); the others forward to it (``errors.Forward``), and take the session
+over once its lease expired (that replica crashed).
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class Session:
         self.parked: dict[str, collections.deque[Message]] = {}  # iopub kept for gone clients
         self.parked_max = 0
         self.kernel_state = "starting"  # the kernel's own last iopub status
+        self.lease_until = math.inf  # monotonic time the lease was last renewed to
 
     def tap(self, msg: Message) -> None:
         """Every iopub message of the kernel: to Jupyter clients, and parked for gone ones."""
@@ -191,6 +196,9 @@ class SessionManager:
         self._closing = False
         self._background: set[asyncio.Task[ExecuteResult]] = set()
         self._by_kernel: dict[str, tuple[str, str]] = {}  # kernel_id → (owner, session_id)
+        self._shared = registry.name != "memory"  # other replicas may serve sessions too
+        self._renewer: asyncio.Task[None] | None = None
+        self._down: dict[str, float] = {}  # replica URL → until when it counts as down
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -202,6 +210,8 @@ class SessionManager:
         except errors.LauncherUnavailable as exc:
             log.error("launcher not ready: %s", exc.message)
         self._reaper = asyncio.create_task(self._reap_forever())
+        if self._shared:
+            self._renewer = asyncio.create_task(self._renew_forever())
         self.pool.refill()
 
     async def _restore(self) -> None:
@@ -209,31 +219,52 @@ class SessionManager:
 
         Kernels still running are re-adopted with their variables; sessions whose sandbox
         vanished come back ``dead`` (the next call starts a fresh interpreter). The launcher
-        removes kernels of ours that no record claims.
+        removes kernels of ours that no record claims. Sessions another replica took over
+        while this one was down stay there.
         """
-        mine = [r for r in await self.registry.list()
-                if r.gateway_id == self.settings.instance_id]
-        handles = [r.handle for r in mine if r.handle is not None]
+        records = await self.registry.list()
+        mine = [r for r in records if r.gateway_id == self.settings.instance_id]
+        granted = await self._claim([(r.owner, r.session_id) for r in mine])
+        handles = [r.handle for r in records if r.handle is not None]
         alive = {h.ref for h in await self.launcher.adopt(handles)}
-        for record in mine:
-            session = Session(record.owner, record.session_id, record.limits, {},
-                              EventLog(self.settings.ws_replay_events,
-                                       self.settings.ws_replay_bytes))
-            session.parked_max = self.settings.jupyter_buffer_messages
-            session.generation, session.execution_count = record.generation, record.execution_count
-            session.created_at, session.last_activity = record.created_at, record.last_activity
-            session.handle = record.handle
+        for record, ok in zip(mine, granted, strict=True):
+            if not ok:
+                continue
+            session = self._session_from(record)
+            self._register(session)
             if record.handle is not None and record.handle.ref in alive:
                 await self._reconnect(session, record.handle)
             else:
-                session.exit_info = ExitInfo(vanished=True)
-                session.set_state(SessionState.dead)
-            self._sessions[(session.owner, session.id)] = session
-            self._by_kernel[session.kernel_id] = (session.owner, session.id)
+                self._mark_vanished(session)
             session.ready.set_result(None)
             await self._save(session)
             log.info("session restored session_id=%s state=%s", session.id, session.state.value)
         self.metrics.sessions.set(len(self._sessions))
+
+    def _session_from(self, record: SessionRecord) -> Session:
+        """A Session (not yet connected) for a record another gateway process wrote."""
+        session = Session(record.owner, record.session_id, record.limits, {},
+                          EventLog(self.settings.ws_replay_events, self.settings.ws_replay_bytes))
+        session.parked_max = self.settings.jupyter_buffer_messages
+        session.generation, session.execution_count = record.generation, record.execution_count
+        session.created_at, session.last_activity = record.created_at, record.last_activity
+        session.handle = record.handle
+        session.lease_until = time.monotonic() + self.settings.lease_ttl_s
+        return session
+
+    @staticmethod
+    def _mark_vanished(session: Session) -> None:
+        session.exit_info = ExitInfo(vanished=True)
+        session.set_state(SessionState.dead)
+
+    def _register(self, session: Session) -> None:
+        self._sessions[(session.owner, session.id)] = session
+        self._by_kernel[session.kernel_id] = (session.owner, session.id)
+
+    def _unregister(self, session: Session) -> None:
+        if self._sessions.get((session.owner, session.id)) is session:
+            del self._sessions[(session.owner, session.id)]
+            self._by_kernel.pop(session.kernel_id, None)
 
     async def _reconnect(self, session: Session, handle: KernelHandle) -> None:
         conn = KernelConnection(handle.connection, self._zmq)
@@ -245,8 +276,7 @@ class SessionManager:
             log.warning("could not re-adopt kernel session_id=%s: %s", session.id, exc)
             conn.close()
             exited.cancel()
-            session.exit_info = ExitInfo(vanished=True)
-            session.set_state(SessionState.dead)
+            self._mark_vanished(session)
             return
         session.conn = conn
         session.kernel_state = "idle"
@@ -264,8 +294,9 @@ class SessionManager:
     async def close(self) -> None:
         """Stop the reaper and, unless they are kept for re-adoption, every kernel."""
         self._closing = True
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in (self._reaper, self._renewer):
+            if task is not None:
+                task.cancel()
         await self.pool.close()
         if self.keep_kernels:
             # a shared registry keeps the records; the next gateway process re-adopts them
@@ -295,22 +326,135 @@ class SessionManager:
         return session
 
     async def _locate(self, owner: str, session_id: str) -> Session:
-        """The live session, here; raises Forward if another replica owns it, else
+        """The live session, served here: raises Forward if another replica serves it, else
         SessionNotFound. A local hit never touches the registry (the execute hot path)."""
         session = self._sessions.get((owner, check_session_id(session_id)))
-        if session is not None:
+        if session is not None and await self._holds(session):
             return await self._ready(session)
-        await self._forward_if_elsewhere(owner, session_id)
-        raise errors.SessionNotFound(f"no session {session_id!r}")
+        taken = await self._elsewhere(owner, session_id, create=False)
+        assert taken is not None  # (create=False: a session, or an exception)
+        return taken
 
-    async def _forward_if_elsewhere(self, owner: str, session_id: str) -> None:
-        record = await self.registry.get(owner, session_id)
-        if record is not None and record.gateway_id != self.settings.instance_id:
-            if not record.gateway_url:
+    async def _elsewhere(self, owner: str, session_id: str, *, create: bool) -> Session | None:
+        """A session this gateway does not serve. Raises Forward to the replica holding its
+        lease; takes it over once that lease expired; returns None if nobody has it and
+        ``create`` (the lease is then this gateway's: open the session). Raises
+        SessionNotFound, or OwnerUnreachable when the holder stays silent past its lease."""
+        me, key = self.settings.instance_id, (owner, session_id)
+        patience = self.settings.lease_ttl_s + self.settings.kernel_start_timeout_s
+        deadline = time.monotonic() + patience
+        while True:
+            record = await self.registry.get(owner, session_id)
+            holder = await self.registry.holder(owner, session_id)
+            if holder in (None, me):
+                if record is None and not create:
+                    hint = "" if self.settings.create_on_execute else (
+                        " (create it first with POST /v1/sessions)")
+                    raise errors.SessionNotFound(f"no session {session_id!r}{hint}")
+                if (await self._claim([key]))[0]:
+                    return None if record is None else await self._take_over(record)
+            elif record is not None and record.gateway_id == holder:
+                if not record.gateway_url:
+                    raise errors.OwnerUnreachable(
+                        f"session {session_id!r} lives on gateway {record.gateway_id!r}, "
+                        "which published no internal URL")
+                if self._down.get(record.gateway_url, 0.0) < time.monotonic():
+                    raise errors.Forward(record.gateway_url)
+            # else: the holder is starting the session or taking it over, or just went down
+            if time.monotonic() > deadline:
                 raise errors.OwnerUnreachable(
-                    f"session {session_id!r} lives on gateway {record.gateway_id!r}, "
-                    "which published no internal URL")
-            raise errors.Forward(record.gateway_url)
+                    f"session {session_id!r} is held by gateway {holder!r}, which does not answer")
+            await asyncio.sleep(0.1)
+
+    def owner_down(self, url: str) -> None:
+        """The replica at ``url`` refused a forwarded call: wait for its leases to expire (or
+        for it to come back) instead of forwarding there again at once."""
+        self._down[url] = time.monotonic() + self.settings.lease_renew_s
+
+    async def _claim(self, keys: builtins.list[tuple[str, str]]) -> builtins.list[bool]:
+        return await self.registry.claim(keys, self.settings.instance_id,
+                                         self.settings.lease_ttl_s)
+
+    async def _holds(self, session: Session) -> bool:
+        """Whether this gateway still serves ``session``. A registry call only when renewals
+        have not got through for a whole lease (the registry was unreachable)."""
+        if session.lease_until > time.monotonic():
+            return True
+        renewed = time.monotonic()
+        if (await self._claim([(session.owner, session.id)]))[0]:
+            session.lease_until = renewed + self.settings.lease_ttl_s
+            return True
+        await self._lose(session)
+        return False
+
+    async def _take_over(self, record: SessionRecord) -> Session:
+        """Serve a session whose replica stopped renewing its lease (now held here): with its
+        kernel if this host can reach it, else ``dead`` (the next call starts a fresh one)."""
+        known = self._sessions.get((record.owner, record.session_id))
+        if known is not None:
+            return await self._ready(known)
+        session = self._session_from(record)
+        self._register(session)
+        try:
+            if record.handle is not None and await self.launcher.attach(record.handle):
+                await self._reconnect(session, record.handle)
+            else:
+                # out of reach (another host): not ours to claim, so its gateway removes it
+                session.handle = None
+                self._mark_vanished(session)
+        except errors.GatewayError as exc:  # the launcher cannot tell now: try again later
+            self._unregister(session)
+            with contextlib.suppress(errors.GatewayError):
+                await self.registry.release(record.owner, record.session_id,
+                                            self.settings.instance_id)
+            session.ready.set_exception(exc)
+            session.ready.exception()  # mark retrieved
+            raise
+        session.ready.set_result(None)
+        self.metrics.sessions.set(len(self._sessions))
+        await self._save(session)
+        log.info("session taken over session_id=%s from gateway=%s state=%s", session.id,
+                 record.gateway_id, session.state.value)
+        return session
+
+    async def _lose(self, session: Session) -> None:
+        """Another replica took ``session`` over (this one failed to renew its lease in
+        time): stop serving it; stop its kernel unless the other replica adopted it."""
+        log.warning("lost the lease of session_id=%s to another gateway", session.id)
+        self._unregister(session)
+        with contextlib.suppress(errors.GatewayError):
+            record = await self.registry.get(session.owner, session.id)
+            if (record is not None and record.gateway_id != self.settings.instance_id
+                    and record.handle is not None and session.handle is not None
+                    and record.handle.ref == session.handle.ref):
+                session.handle = None  # they adopted the kernel: only let go of it
+        await self._stop_kernel(session)
+        session.set_state(SessionState.closed)
+        self.metrics.sessions.set(len(self._sessions))
+
+    async def _renew_forever(self) -> None:
+        """Renew the leases of every session served here, in one registry call a round."""
+        while True:
+            await asyncio.sleep(self.settings.lease_renew_s)
+            try:
+                await self.renew_leases()
+            except errors.RegistryUnavailable:
+                log.warning("could not renew session leases: the registry is unreachable")
+            except Exception:  # one failure must not stop renewing
+                log.exception("lease renewal failed")
+
+    async def renew_leases(self) -> None:
+        sessions = builtins.list(self._sessions.values())
+        renewed = time.monotonic()
+        granted = await self._claim([(s.owner, s.id) for s in sessions])
+        for session, ok in zip(sessions, granted, strict=True):
+            if self._sessions.get((session.owner, session.id)) is not session:
+                # closed meanwhile: do not leave a renewed lease behind its deleted record
+                await self.registry.release(session.owner, session.id, self.settings.instance_id)
+            elif ok:
+                session.lease_until = renewed + self.settings.lease_ttl_s
+            else:
+                await self._lose(session)
 
     async def _save(self, session: Session) -> None:
         """Write the session's record (state changes only; never on the execute hot path)."""
@@ -340,9 +484,13 @@ class SessionManager:
         """The session whose kernel id is ``kernel_id``. Raises SessionNotFound (also for
         another key's kernel)."""
         key = self._by_kernel.get(kernel_id)
-        if key is None or key[0] != owner:
-            raise errors.SessionNotFound(f"no kernel {kernel_id!r}")
-        return await self._ready(self._sessions[key])
+        if key is not None and key[0] == owner:
+            return await self._locate(*key)
+        if self._shared:  # served by another replica? (kernel ids derive from session ids)
+            for record in await self.registry.list(owner):
+                if record.kernel_id == kernel_id:
+                    return await self._locate(owner, record.session_id)
+        raise errors.SessionNotFound(f"no kernel {kernel_id!r}")
 
     def sessions_of(self, owner: str) -> builtins.list[Session]:
         return [s for (o, _), s in self._sessions.items() if o == owner and s.ready.done()]
@@ -352,7 +500,9 @@ class SessionManager:
         (Jupyter clients send many ``KERNEL_*`` keys on their own)."""
         allowed = set(self.settings.env_allowlist)
         kept = {k: v for k, v in (env or {}).items() if k in allowed}
-        return await self._open(owner, uuid.uuid4().hex, None, kept)
+        session_id = uuid.uuid4().hex
+        await self._claim([(owner, session_id)])
+        return await self._open(owner, session_id, None, kept)
 
     async def live_connection(self, session: Session) -> KernelConnection:
         """The session's kernel connection, starting a fresh kernel if the last one died.
@@ -400,23 +550,33 @@ class SessionManager:
     async def create(self, owner: str, req: CreateSession) -> SessionInfo:
         """Create a session and start its kernel. Raises SessionExists, capacity errors."""
         session_id = req.session_id or uuid.uuid4().hex
+        exists = errors.SessionExists(f"session {session_id!r} already exists")
         if (owner, session_id) in self._sessions or await self.registry.get(owner, session_id):
-            raise errors.SessionExists(f"session {session_id!r} already exists")
+            raise exists
+        if not (await self._claim([(owner, session_id)]))[0]:
+            raise exists  # another replica is creating it right now
         session = await self._open(owner, session_id, req.limits, req.env)
         return session.info()
 
     async def _get_or_open(self, owner: str, session_id: str) -> Session:
         session = self._sessions.get((owner, check_session_id(session_id)))
-        if session is not None:
+        if session is not None and await self._holds(session):
             return await self._ready(session)
-        await self._forward_if_elsewhere(owner, session_id)
-        if not self.settings.create_on_execute:
-            raise errors.SessionNotFound(
-                f"no session {session_id!r} (create it first with POST /v1/sessions)"
-            )
-        return await self._open(owner, session_id, None, None)
+        taken = await self._elsewhere(owner, session_id, create=self.settings.create_on_execute)
+        return taken or await self._open(owner, session_id, None, None)
 
     async def _open(
+        self, owner: str, session_id: str, limits: Limits | None, env: dict[str, str] | None
+    ) -> Session:
+        """Start a new session; the caller holds its lease (released here on failure)."""
+        try:
+            return await self._start_session(owner, session_id, limits, env)
+        except BaseException:
+            with contextlib.suppress(errors.GatewayError):
+                await self.registry.release(owner, session_id, self.settings.instance_id)
+            raise
+
+    async def _start_session(
         self, owner: str, session_id: str, limits: Limits | None, env: dict[str, str] | None
     ) -> Session:
         if self._closing:
@@ -435,13 +595,13 @@ class SessionManager:
         events = EventLog(self.settings.ws_replay_events, self.settings.ws_replay_bytes)
         session = Session(owner, session_id, resolved_limits, resolved_env, events)
         session.parked_max = self.settings.jupyter_buffer_messages
-        self._sessions[(owner, session_id)] = session  # reserves the slot while starting
-        self._by_kernel[session.kernel_id] = (owner, session_id)
+        if self._shared:
+            session.lease_until = time.monotonic() + self.settings.lease_ttl_s
+        self._register(session)  # reserves the slot while starting
         try:
             await self._start_kernel(session)
         except BaseException as exc:
-            self._sessions.pop((owner, session_id), None)
-            self._by_kernel.pop(session.kernel_id, None)
+            self._unregister(session)
             session.ready.set_exception(
                 exc if isinstance(exc, errors.GatewayError) else errors.KernelStartFailed(str(exc))
             )
@@ -454,17 +614,14 @@ class SessionManager:
 
     async def delete(self, owner: str, session_id: str) -> None:
         session = self._sessions.get((owner, check_session_id(session_id)))
-        if session is None:
-            await self._locate(owner, session_id)  # forwards, or raises SessionNotFound
-            return
+        if session is None:  # forwards, takes over, or raises SessionNotFound
+            session = await self._locate(owner, session_id)
         with contextlib.suppress(errors.GatewayError):
             await self._ready(session)
         await self._discard(session, remove_files=True)
 
     async def _discard(self, session: Session, *, remove_files: bool) -> None:
-        if self._sessions.get((session.owner, session.id)) is session:
-            del self._sessions[(session.owner, session.id)]
-            self._by_kernel.pop(session.kernel_id, None)
+        self._unregister(session)
         session.set_state(SessionState.closed)
         self.metrics.sessions.set(len(self._sessions))
         handle = session.handle
@@ -472,6 +629,7 @@ class SessionManager:
         if remove_files and handle is not None:
             await self.launcher.remove_workspace(handle)
         await self.registry.delete(session.owner, session.id)
+        await self.registry.release(session.owner, session.id, self.settings.instance_id)
         self.pool.refill()
         log.info("session closed session_id=%s", session.id)
 
@@ -783,7 +941,11 @@ class SessionManager:
                 log.exception("reaper pass failed")
 
     async def reap_once(self) -> int:
-        """Remove idle and over-age sessions; returns how many. Busy sessions are kept."""
+        """Remove idle and over-age sessions; returns how many. Busy sessions are kept.
+        Each replica reaps the sessions it serves, having first taken over the sessions of
+        replicas that stopped renewing their leases: every session is reaped once."""
+        if self._shared:
+            await self._take_over_orphans()
         now = time.monotonic()
         idle_s, life_s = self.settings.idle_timeout_s, self.settings.max_lifetime_s
         doomed: list[tuple[Session, str]] = []
@@ -802,6 +964,23 @@ class SessionManager:
             await self._discard(session, remove_files=True)
         await self._save_activity()
         return len(doomed)
+
+    async def _take_over_orphans(self) -> None:
+        """Serve here the sessions whose lease nobody holds (their replica crashed, or stopped
+        and did not come back within a lease): one registry call to claim them all."""
+        orphans = [r for r in await self.registry.list()
+                   if (r.owner, r.session_id) not in self._sessions]
+        granted = await self._claim([(r.owner, r.session_id) for r in orphans])
+        for record, ok in zip(orphans, granted, strict=True):
+            if not ok:
+                continue
+            current = await self.registry.get(record.owner, record.session_id)
+            if current is None:  # deleted meanwhile
+                await self.registry.release(record.owner, record.session_id,
+                                            self.settings.instance_id)
+                continue
+            with contextlib.suppress(errors.GatewayError):
+                await self._take_over(current)
 
     async def _save_activity(self) -> None:
         """Write the records of sessions used since their last write (execution count, last

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     registry_url: str = "memory://"  # or redis://[:password@]host:port/db, rediss:// for TLS
     redis_key_prefix: str = "exec-gateway:"
     redis_timeout_s: float = Field(5.0, gt=0)  # deadline of each Redis call
+    # a session's lease: renewed every lease_renew_s by the gateway serving it; one not renewed
+    # for lease_ttl_s (a crashed replica) is taken over by the next replica that needs it
+    lease_ttl_s: float = Field(15.0, gt=0)
+    lease_renew_s: float = Field(5.0, gt=0)
 
     # --- session lifecycle
     create_on_execute: bool = True  # POST .../execute creates an unknown session
@@ -117,6 +121,12 @@ class Settings(BaseSettings):
     docker_kernel_gid: int = Field(1000, ge=1)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> Settings:
+        if self.lease_renew_s >= self.lease_ttl_s:
+            raise ValueError("lease_renew_s must be shorter than lease_ttl_s")
+        return self
 
     @field_validator("runtime_dir")
     @classmethod

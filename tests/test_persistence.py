@@ -143,3 +143,38 @@ def test_gateway_image_serves_a_request(docker_client, tmp_path) -> None:
                 "label": f"exec-gateway.gateway={instance}"}):
             c.remove(force=True)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def docker_replicas(gateway_factory, redis_url: str, docker_client):
+    """Start Docker-launcher replicas sharing one Redis: ``start("a")`` twice is one replica
+    restarted (same instance id and runtime dir). Short leases, so takeovers come quickly."""
+    run, token = secrets.token_hex(3), secrets.token_urlsafe(24)
+    instances = {name: docker_instance_id(f"{name}{run}") for name in ("a", "b")}
+
+    def start(name: str) -> Gateway:
+        return gateway_factory(launcher="docker", registry_url=redis_url,
+                               instance_id=instances[name], redis_key_prefix=f"rep{run}:",
+                               runtime_dir=f"/tmp/egr-{name}{run}", token=token, pool_size=0,
+                               lease_ttl_s=2, lease_renew_s=0.5)
+
+    yield start
+    for instance in instances.values():
+        subprocess.run(["docker", "rm", "-f", *_containers(instance)], capture_output=True)
+    for name in instances:
+        shutil.rmtree(f"/tmp/egr-{name}{run}", ignore_errors=True)
+
+
+def test_a_replica_takes_over_a_crashed_replicas_kernel_with_its_variables(
+        docker_replicas) -> None:
+    a, b = docker_replicas("a"), docker_replicas("b")
+    before = a.execute("survivor", "x = 'kept'")
+    a.stop(signal.SIGKILL)
+    after = b.execute("survivor", "x")  # waits out A's lease, then adopts A's container
+    assert after["outputs"][0]["data"]["text/plain"] == "'kept'", after
+    assert after["state_preserved"] is True
+    assert after["generation"] == before["generation"]
+    # A comes back: the container it started is B's now, and A must leave it alone
+    a_again = docker_replicas("a")
+    assert a_again.execute("survivor", "x")["outputs"][0]["data"]["text/plain"] == "'kept'"
+    assert b.execute("survivor", "x")["outputs"][0]["data"]["text/plain"] == "'kept'"

@@ -5,10 +5,16 @@ from __future__ import annotations
 import concurrent.futures
 import secrets
 import signal
+import subprocess
+import time
 
+import httpx
 import pytest
 
 from tests.conftest import Gateway, wait_until
+
+LEASE_TTL_S = 2.0
+LEASE = {"lease_ttl_s": LEASE_TTL_S, "lease_renew_s": 0.5}
 
 
 @pytest.fixture
@@ -16,9 +22,9 @@ def replicas(gateway_factory, redis_url: str) -> tuple[Gateway, Gateway]:
     """Two replicas that share Redis but not their socket directories (as on two hosts)."""
     token, prefix = secrets.token_urlsafe(24), f"rep-{secrets.token_hex(3)}:"
     a = gateway_factory(registry_url=redis_url, redis_key_prefix=prefix, instance_id="rep-a",
-                        token=token, pool_size=0)
+                        token=token, pool_size=0, **LEASE)
     b = gateway_factory(registry_url=redis_url, redis_key_prefix=prefix, instance_id="rep-b",
-                        token=token, pool_size=0)
+                        token=token, pool_size=0, **LEASE)
     return a, b
 
 
@@ -53,11 +59,64 @@ def test_calls_through_both_replicas_are_serialized(replicas: tuple[Gateway, Gat
     assert all(p[0].replace("start", "end") == p[1] for p in pairs), log  # never interleaved
 
 
-def test_replica_whose_owner_is_gone_answers_clearly(replicas: tuple[Gateway, Gateway]) -> None:
+def test_a_crashed_replicas_session_is_taken_over_after_its_lease(
+        replicas: tuple[Gateway, Gateway]) -> None:
     a, b = replicas
-    a.execute("orphan", "1")
-    a.stop(signal.SIGKILL)  # a crash: the record stays, its owner is gone
-    r = b.http.post("/v1/sessions/orphan/execute", json={"code": "1"})
+    a.execute("orphan", "x = 1")
+    a.stop(signal.SIGKILL)  # a crash: its record and lease stay behind; its kernels die with it
+    started = time.monotonic()
+    result = b.execute("orphan", "x = 2\nx")  # forwarded to A: refused, so B waits for the lease
+    waited = time.monotonic() - started
+    assert result["status"] == "ok", result
+    assert result["state_preserved"] is False  # a local kernel cannot outlive its gateway
+    assert result["generation"] == 2
+    assert waited < LEASE_TTL_S + 10, waited  # locked no longer than the lease (+ a kernel start)
+    assert b.execute("orphan", "x")["outputs"][0]["data"]["text/plain"] == "2"
+    assert "taken over" in b.log()
+
+
+def test_a_replica_killed_mid_call_does_not_wedge_the_session(
+        replicas: tuple[Gateway, Gateway]) -> None:
+    a, b = replicas
+    a.execute("wedge", "1")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long_call = pool.submit(a.client().post, "/v1/sessions/wedge/execute",
+                                json={"code": "import time; time.sleep(60)"})
+        wait_until(lambda: a.http.get("/v1/sessions/wedge").json()["state"] == "busy", 10)
+        a.stop(signal.SIGKILL)
+        with pytest.raises(httpx.HTTPError):
+            long_call.result(30)  # its client learns the gateway went away
+    started = time.monotonic()
+    result = b.execute("wedge", "'served'")
+    assert result["outputs"][0]["data"]["text/plain"] == "'served'"
+    assert time.monotonic() - started < LEASE_TTL_S + 10
+
+
+def test_an_orphaned_idle_session_is_reaped_once_by_a_survivor(gateway_factory,
+                                                              redis_url: str) -> None:
+    token, prefix = secrets.token_urlsafe(24), f"reap-{secrets.token_hex(3)}:"
+    common = {"registry_url": redis_url, "redis_key_prefix": prefix, "token": token,
+              "pool_size": 0, "reap_interval_s": 0.3, "idle_timeout_s": 2, **LEASE}
+    a = gateway_factory(instance_id="reap-a", **common)
+    b = gateway_factory(instance_id="reap-b", **common)
+    a.execute("forgotten", "1")
+    a.stop(signal.SIGKILL)
+
+    def listed_by_b() -> list[str]:
+        return [s["id"] for s in b.http.get("/v1/sessions").json()["sessions"]]
+
+    assert "forgotten" in listed_by_b()  # the record outlives its replica...
+    wait_until(lambda: "forgotten" not in listed_by_b(), LEASE_TTL_S + 15)  # ...until reaped
+    log = b.log()
+    assert "session taken over session_id=forgotten from gateway=reap-a" in log
+    assert log.count("reaping session_id=forgotten") == 1
+
+
+def test_a_forwarded_call_is_not_forwarded_again(replicas: tuple[Gateway, Gateway]) -> None:
+    a, b = replicas
+    a.execute("loop", "1")
+    r = b.http.post("/v1/sessions/loop/execute", json={"code": "1"},
+                    headers={"X-Exec-Gateway-Forwarded-By": "rep-a"})
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "owner_unreachable"
 
@@ -76,3 +135,28 @@ def test_other_replicas_see_recent_activity(gateway_factory, redis_url: str) -> 
         return next((s["execution_count"] for s in sessions if s["id"] == "busy"), 0)
 
     wait_until(lambda: count_seen_by_b() == 2, 10)
+
+
+def test_a_replica_that_lost_a_lease_stops_serving_the_session(gateway_factory,
+                                                               redis_url: str) -> None:
+    """Its renewals did not get through and another replica holds the lease now: this one
+    stops its kernel at the next renewal round instead of serving the session twice."""
+    import redis
+
+    prefix = f"lost-{secrets.token_hex(3)}:"
+    a = gateway_factory(registry_url=redis_url, redis_key_prefix=prefix, instance_id="lost-a",
+                        pool_size=0, **LEASE)
+    a.execute("stolen", "1")
+    assert "gateway_sessions 1.0" in a.http.get("/metrics").text
+    assert kernels_of(a)
+    redis.Redis.from_url(redis_url).set(f"{prefix}lease:default:stolen", "lost-b", px=60_000)
+    wait_until(lambda: "lost the lease of session_id=stolen" in a.log(), 10)
+    wait_until(lambda: "gateway_sessions 0.0" in a.http.get("/metrics").text, 5)
+    # no one adopted its kernel (the record still names this replica): so it was stopped
+    wait_until(lambda: not kernels_of(a), 10)
+
+
+def kernels_of(gateway: Gateway) -> list[str]:
+    """Pids of the gateway's child processes (local kernels)."""
+    return subprocess.run(["pgrep", "-P", str(gateway.proc.pid)], capture_output=True,
+                          text=True).stdout.split()

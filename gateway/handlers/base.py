@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
@@ -198,6 +199,8 @@ class ApiHandler(GatewayHandler):
                 body=body, raise_error=False, allow_nonstandard_methods=True,
                 request_timeout=settings.max_timeout_s + settings.kernel_start_timeout_s + 30,
             )
+        except ConnectionRefusedError as exc:  # it never saw the call: safe to try again
+            raise errors.OwnerDown("the gateway that owns this session is down") from exc
         except OSError as exc:
             raise errors.OwnerUnreachable(
                 f"the gateway that owns this session cannot be reached: {exc}") from exc
@@ -227,17 +230,29 @@ Method = Callable[..., Awaitable[None]]
 
 
 def forwardable(method: Method) -> Method:
-    """Serve a session that another replica owns by forwarding the call to it (once)."""
+    """Serve a session that another replica serves by forwarding the call to it (never twice:
+    a forwarded call is not forwarded again). When that replica is down, the call waits for
+    its lease to expire and is served here (the manager takes the session over)."""
 
     @functools.wraps(method)
     async def wrapper(self: ApiHandler, *args: Any, **kwargs: Any) -> None:
-        try:
-            await method(self, *args, **kwargs)
-        except errors.Forward as exc:
-            if self.request.headers.get(FORWARDED_HEADER):
-                raise errors.OwnerUnreachable("the session moved while the call was forwarded"
-                                              ) from None
-            await self.forward(exc.url)
+        manager, settings = self.services.manager, self.services.settings
+        deadline = time.monotonic() + settings.lease_ttl_s + settings.lease_renew_s
+        while True:
+            try:
+                await method(self, *args, **kwargs)
+                return
+            except errors.Forward as exc:
+                if self.request.headers.get(FORWARDED_HEADER):
+                    raise errors.OwnerUnreachable(
+                        "the session moved while the call was forwarded") from None
+                try:
+                    await self.forward(exc.url)
+                    return
+                except errors.OwnerDown:
+                    if time.monotonic() > deadline:  # down, yet renewing: a wrong internal_url?
+                        raise
+                    manager.owner_down(exc.url)  # then ask the registry again
 
     return wrapper
 

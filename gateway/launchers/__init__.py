@@ -53,7 +53,7 @@ class ExitInfo(BaseModel):
     @property
     def reason(self) -> str:
         if self.vanished:
-            return "the sandbox was gone when the gateway restarted"
+            return "the sandbox could not be found again after its gateway stopped"
         if self.oom_killed:
             return "memory limit exceeded (killed by the out-of-memory killer)"
         if self.signal is not None:
@@ -80,8 +80,13 @@ class Launcher(Protocol):
         """Delete the session's files (called when the session itself is deleted)."""
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
-        """Of ``handles`` (from the registry), those whose kernels still run; every other
-        kernel labelled as this gateway's is removed. Called once at start-up."""
+        """Of ``handles`` (every handle the registry holds), those whose kernels still run;
+        every kernel labelled as this gateway's that no handle claims is removed. Called once
+        at start-up."""
+
+    async def attach(self, handle: KernelHandle) -> bool:
+        """Whether the kernel of ``handle``, started by another gateway process, still runs
+        and can be reached from here (taking over the session of a crashed replica)."""
 
     async def close(self) -> None:
         """Release the launcher's own resources (not the kernels)."""

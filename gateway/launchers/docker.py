@@ -19,7 +19,9 @@ limit (so do ``/dev/shm``, sized like them, and the kernel itself).
 Labels name the gateway (``instance_id``), the session and kernel, and the socket directory;
 a warm-pool kernel is labelled ``session_id=pool`` (labels are fixed at creation). Start-up
 (``adopt``) removes the containers of this instance id that no session record claims; other
-instance ids are left alone. Inside, the hostname is the container's short id.
+instance ids are left alone. A replica that takes over a crashed replica's session ``attach``es
+to its container, which keeps the first gateway's label. Inside, the hostname is the
+container's short id.
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ class DockerLauncher:
         filters = {
             "type": "container",
             "event": ["die", "oom"],
-            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_GATEWAY}={self._settings.instance_id}"],
+            # every gateway's: a kernel taken over from a crashed replica keeps that label
+            "label": [f"{LABEL_MANAGED}=true"],
         }
         since: int | None = None
         backoff_s = 0.1
@@ -191,7 +194,7 @@ class DockerLauncher:
         action = event.get("Action") or event.get("status")
         actor = event.get("Actor") or {}
         container_id = actor.get("ID") or event.get("id", "")
-        if action == "oom":
+        if action == "oom" and container_id in self._exits:
             self._oom_seen.add(container_id)
         elif action == "die" and container_id in self._exits:
             code = actor.get("Attributes", {}).get("exitCode")
@@ -453,11 +456,11 @@ class DockerLauncher:
         removed = 0
         for summary in await self.list_ours():
             labels = summary.get("Labels") or {}
-            if labels.get(LABEL_GATEWAY) != self._settings.instance_id:
-                continue
             handle = claimed.get(summary["Id"])
             if handle is not None and summary.get("State") == "running":
-                alive.append(handle)
+                alive.append(handle)  # (a replica that took a session over keeps its label)
+                continue
+            if labels.get(LABEL_GATEWAY) != self._settings.instance_id:
                 continue
             with contextlib.suppress(docker.errors.DockerException, *_UNREACHABLE):
                 await self._remove(summary["Id"])
@@ -468,6 +471,13 @@ class DockerLauncher:
         if removed:
             log.info("removed kernel containers no session claims count=%d", removed)
         return alive
+
+    async def attach(self, handle: KernelHandle) -> bool:
+        """Running on this engine, with its socket directory on this host."""
+        await self._ready()
+        state = await self._state(handle.ref)
+        reachable = await asyncio.to_thread(Path(handle.socket_dir).is_dir)
+        return bool(state and state.get("Running")) and reachable
 
     async def close(self) -> None:
         self._stopping.set()

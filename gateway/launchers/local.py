@@ -204,5 +204,8 @@ class LocalLauncher:
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
         return []  # local kernels die with the gateway (parent-death signal)
 
+    async def attach(self, handle: KernelHandle) -> bool:
+        return False  # ... and with it, the gateway that started them
+
     async def close(self) -> None:
         return None

@@ -2,10 +2,15 @@
 
 A record is everything another gateway process needs to find and talk to a session's
 kernel again, the HMAC key included: a shared registry is trusted infrastructure.
+
+A **lease** per session says which gateway serves it now. The holder renews its leases every
+``lease_renew_s``; a lease not renewed for ``lease_ttl_s`` (its gateway crashed or lost the
+registry) expires, and the next gateway that needs the session claims it and takes it over.
 """
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,6 +21,9 @@ from gateway.models import Limits, SessionInfo, SessionState
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
+
+
+SessionKey = tuple[str, str]  # (owner, session_id)
 
 
 class SessionRecord(BaseModel):
@@ -54,6 +62,18 @@ class Registry(Protocol):
     async def delete(self, owner: str, session_id: str) -> None: ...
 
     async def list(self, owner: str | None = None) -> list[SessionRecord]: ...
+
+    async def claim(
+        self, keys: builtins.list[SessionKey], holder: str, ttl_s: float
+    ) -> builtins.list[bool]:
+        """Take or renew the lease of each (owner, session_id) for ``ttl_s``: granted if it is
+        free or already ``holder``'s. One answer per key, in order (one round trip)."""
+
+    async def holder(self, owner: str, session_id: str) -> str | None:
+        """Who holds the session's lease now; None once it expired or was released."""
+
+    async def release(self, owner: str, session_id: str, holder: str) -> None:
+        """Give the lease up, if ``holder`` still holds it."""
 
     async def close(self) -> None: ...
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from gateway.registry import SessionRecord
+import builtins
+import time
+
+from gateway.registry import SessionKey, SessionRecord
 
 
 class MemoryRegistry:
     name = "memory"
 
     def __init__(self) -> None:
-        self._records: dict[tuple[str, str], SessionRecord] = {}
+        self._records: dict[SessionKey, SessionRecord] = {}
+        self._leases: dict[SessionKey, tuple[str, float]] = {}  # → (holder, monotonic expiry)
 
     async def ping(self) -> None:
         return None
@@ -27,5 +31,27 @@ class MemoryRegistry:
     async def list(self, owner: str | None = None) -> list[SessionRecord]:
         return [r.model_copy() for (o, _), r in self._records.items() if owner in (None, o)]
 
+    async def claim(
+        self, keys: builtins.list[SessionKey], holder: str, ttl_s: float
+    ) -> builtins.list[bool]:
+        granted = []
+        for key in keys:
+            ok = await self.holder(*key) in (None, holder)
+            if ok:
+                self._leases[key] = (holder, time.monotonic() + ttl_s)
+            granted.append(ok)
+        return granted
+
+    async def holder(self, owner: str, session_id: str) -> str | None:
+        lease = self._leases.get((owner, session_id))
+        if lease is None or lease[1] <= time.monotonic():
+            return None
+        return lease[0]
+
+    async def release(self, owner: str, session_id: str, holder: str) -> None:
+        if await self.holder(owner, session_id) == holder:
+            del self._leases[(owner, session_id)]
+
     async def close(self) -> None:
         self._records.clear()
+        self._leases.clear()

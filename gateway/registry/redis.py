@@ -3,16 +3,39 @@
 Records hold kernels' HMAC keys: Redis is trusted infrastructure (use a password and TLS
 (``rediss://``) where it is reachable by anyone but the gateways). Layout, under the key
 prefix: ``session:<owner>:<session_id>`` → the record as JSON; ``sessions`` → a set of those
-keys, so listing never needs SCAN.
+keys, so listing never needs SCAN; ``lease:<owner>:<session_id>`` → the holder's instance id,
+expiring (PX). Leases change only through Lua scripts, so check-and-set is atomic.
 """
 
 from __future__ import annotations
+
+import builtins
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.errors import RegistryUnavailable
-from gateway.registry import SessionRecord
+from gateway.registry import SessionKey, SessionRecord
+
+# KEYS: leases; ARGV: holder, ttl in ms. Per key: 1 if granted (free or already ours), else 0.
+_CLAIM = """
+local granted = {}
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if not current or current == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    granted[i] = 1
+  else
+    granted[i] = 0
+  end
+end
+return granted
+"""
+# KEYS[1]: a lease; ARGV[1]: holder. Delete it only if the holder still holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class RedisRegistry:
@@ -24,9 +47,14 @@ class RedisRegistry:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=30,
         )
+        self._claim = self._redis.register_script(_CLAIM)
+        self._release = self._redis.register_script(_RELEASE)
 
     def _key(self, owner: str, session_id: str) -> str:
         return f"{self.prefix}session:{owner}:{session_id}"
+
+    def _lease(self, owner: str, session_id: str) -> str:
+        return f"{self.prefix}lease:{owner}:{session_id}"
 
     @property
     def _index(self) -> str:
@@ -75,6 +103,31 @@ class RedisRegistry:
         except (RedisError, OSError) as exc:
             raise RegistryUnavailable("redis is not reachable") from exc
         return [SessionRecord.model_validate_json(v) for v in values if v is not None]
+
+    async def claim(
+        self, keys: builtins.list[SessionKey], holder: str, ttl_s: float
+    ) -> builtins.list[bool]:
+        if not keys:
+            return []
+        try:
+            granted = await self._claim(keys=[self._lease(*k) for k in keys],
+                                        args=[holder, max(1, round(ttl_s * 1000))])
+        except (RedisError, OSError) as exc:
+            raise RegistryUnavailable("redis is not reachable") from exc
+        return [bool(g) for g in granted]
+
+    async def holder(self, owner: str, session_id: str) -> str | None:
+        try:
+            raw = await self._redis.get(self._lease(owner, session_id))
+        except (RedisError, OSError) as exc:
+            raise RegistryUnavailable("redis is not reachable") from exc
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def release(self, owner: str, session_id: str, holder: str) -> None:
+        try:
+            await self._release(keys=[self._lease(owner, session_id)], args=[holder])
+        except (RedisError, OSError) as exc:
+            raise RegistryUnavailable("redis is not reachable") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()
