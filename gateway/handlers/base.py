@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
+FORWARDED_HEADER = "X-Exec-Gateway-Forwarded-By"  # on calls one replica forwards to another
+
 _CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -88,6 +90,30 @@ class GatewayHandler(web.RequestHandler):
                 self.request.headers.get("Authorization"),
                 self.get_query_argument("token", None),
             )
+
+    async def serve_or_forward(
+        self, serve: Callable[[], Awaitable[None]], forward: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """``serve()``; if another replica serves the session, ``forward(url)`` instead (never
+        twice: a forwarded call is not forwarded again). When that replica is down, the call
+        waits for its lease to expire and is served here (the manager takes the session over)."""
+        manager, settings = self.services.manager, self.services.settings
+        deadline = time.monotonic() + settings.lease_ttl_s + settings.lease_renew_s
+        while True:
+            try:
+                await serve()
+                return
+            except errors.Forward as exc:
+                if self.request.headers.get(FORWARDED_HEADER):
+                    raise errors.OwnerUnreachable(
+                        "the session moved while the call was forwarded") from None
+                try:
+                    await forward(exc.url)
+                    return
+                except errors.OwnerDown:
+                    if time.monotonic() > deadline:  # down, yet renewing: a wrong internal_url?
+                        raise
+                    manager.owner_down(exc.url)  # then ask the registry again
 
     def origin_allowed(self, origin: str) -> bool:
         return origin in self.services.settings.allowed_origins
@@ -225,34 +251,16 @@ class ApiHandler(GatewayHandler):
         self.clear_header("Content-Type")
         self.finish()
 
-FORWARDED_HEADER = "X-Exec-Gateway-Forwarded-By"
 Method = Callable[..., Awaitable[None]]
 
 
 def forwardable(method: Method) -> Method:
-    """Serve a session that another replica serves by forwarding the call to it (never twice:
-    a forwarded call is not forwarded again). When that replica is down, the call waits for
-    its lease to expire and is served here (the manager takes the session over)."""
+    """Serve a session here, or forward the call to the replica that serves it (see
+    ``GatewayHandler.serve_or_forward``)."""
 
     @functools.wraps(method)
     async def wrapper(self: ApiHandler, *args: Any, **kwargs: Any) -> None:
-        manager, settings = self.services.manager, self.services.settings
-        deadline = time.monotonic() + settings.lease_ttl_s + settings.lease_renew_s
-        while True:
-            try:
-                await method(self, *args, **kwargs)
-                return
-            except errors.Forward as exc:
-                if self.request.headers.get(FORWARDED_HEADER):
-                    raise errors.OwnerUnreachable(
-                        "the session moved while the call was forwarded") from None
-                try:
-                    await self.forward(exc.url)
-                    return
-                except errors.OwnerDown:
-                    if time.monotonic() > deadline:  # down, yet renewing: a wrong internal_url?
-                        raise
-                    manager.owner_down(exc.url)  # then ask the registry again
+        await self.serve_or_forward(lambda: method(self, *args, **kwargs), self.forward)
 
     return wrapper
 

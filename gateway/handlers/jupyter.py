@@ -15,7 +15,9 @@ from tornado import websocket
 
 from gateway import __version__, errors
 from gateway.events import Event
-from gateway.handlers.base import ApiHandler, GatewayHandler, Services
+from gateway.handlers.base import ApiHandler, GatewayHandler, Services, forwardable
+from gateway.handlers.relay import Relay
+from gateway.handlers.ws import refuse_foreign_origin
 from gateway.jupyter import (
     KERNEL_NAME,
     V1_PROTOCOL,
@@ -78,9 +80,11 @@ class KernelsHandler(JsonApiHandler):
 
 
 class KernelHandler(JsonApiHandler):
+    @forwardable
     async def get(self, kernel_id: str) -> None:
         self.send_json(model_of(await self.services.manager.by_kernel(self.owner, kernel_id)))
 
+    @forwardable
     async def delete(self, kernel_id: str) -> None:
         session = await self.services.manager.by_kernel(self.owner, kernel_id)
         await self.services.manager.delete(self.owner, session.id)
@@ -88,6 +92,7 @@ class KernelHandler(JsonApiHandler):
 
 
 class KernelActionHandler(JsonApiHandler):
+    @forwardable
     async def post(self, kernel_id: str, action: str) -> None:
         manager = self.services.manager
         session = await manager.by_kernel(self.owner, kernel_id)
@@ -109,23 +114,37 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         self._v1 = False
         self._client_session = ""
         self._backlog = 0
+        self._relay: Relay | None = None  # set when another replica owns the kernel
 
     async def prepare(self) -> None:
         self.authenticate()
         kernel_id = self.path_kwargs["kernel_id"]
-        self.session = await self.services.manager.by_kernel(self.owner, kernel_id)
+
+        async def find() -> None:
+            self.session = await self.services.manager.by_kernel(self.owner, kernel_id)
+
+        async def relay(url: str) -> None:
+            refuse_foreign_origin(self)  # before any connection is made on the client's behalf
+            self._relay = await Relay.open(self, self.services.settings, url)
+
+        await self.serve_or_forward(find, relay)
         self._client_session = self.get_query_argument("session_id", "")[:128]
 
     def check_origin(self, origin: str) -> bool:
         return self.origin_allowed(origin) or bool(super().check_origin(origin))
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        if self._relay is not None:
+            return self._relay.subprotocol  # the owner chose from the same offer
         return V1_PROTOCOL if V1_PROTOCOL in subprotocols else None
 
     def get_compression_options(self) -> None:
         return None
 
     def open(self, kernel_id: str) -> None:  # type: ignore[override]
+        if self._relay is not None:
+            self._relay.start()
+            return
         # tornado turns TCP_NODELAY off after the 101 answer: small frames would wait ~40 ms
         self.set_nodelay(True)
         self._v1 = self.selected_subprotocol == V1_PROTOCOL
@@ -176,6 +195,9 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
             future.exception()  # a closed socket is not an error worth logging
 
     async def on_message(self, frame: str | bytes) -> None:
+        if self._relay is not None:
+            await self._relay.send(frame)
+            return
         try:
             channel, msg = from_v1(frame) if self._v1 else from_legacy(frame)  # type: ignore[arg-type]
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -196,7 +218,13 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         conn.send(channel, msg)
         self.session.touch()
 
+    def on_finish(self) -> None:
+        if self._relay is not None and self.get_status() != 101:
+            self._relay.close()  # tornado refused the upgrade after prepare()
+
     def on_close(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
         session = getattr(self, "session", None)
         if session is None:
             return

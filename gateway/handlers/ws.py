@@ -24,6 +24,7 @@ from tornado import web, websocket
 from gateway import errors
 from gateway.events import Event
 from gateway.handlers.base import GatewayHandler, Services, validation_error
+from gateway.handlers.relay import Relay
 from gateway.models import (
     ExecuteRequest,
     SessionState,
@@ -48,10 +49,11 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         self._writer: asyncio.Task[None] | None = None
         self._since: int | None = None
         self._limit = 0
+        self._relay: Relay | None = None  # set when another replica owns the session
 
     async def prepare(self) -> None:
         # Everything that can fail does so here, before the upgrade, as a JSON HTTP error.
-        self._check_origin_header()
+        refuse_foreign_origin(self)
         self.authenticate()
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             # before attach(): a plain GET must not start a kernel
@@ -62,19 +64,14 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
                 raise errors.ValidationFailed("since must be a non-negative integer")
             self._since = int(since)
         session_id = self.path_kwargs["session_id"]
-        self.session = await self.services.manager.attach(self.owner, session_id)
 
-    def _check_origin_header(self) -> None:
-        """Cross-site WebSocket hijacking guard, as a JSON 403 (tornado's own check, which
-        runs again after prepare(), answers in plain text)."""
-        headers = self.request.headers
-        origin = headers.get("Origin")
-        if origin is None or headers.get("Sec-Fetch-Site") in ("same-origin", "none"):
-            return
-        same_host = urllib.parse.urlsplit(origin).netloc.lower() == headers.get("Host", "").lower()
-        if not (same_host or self.check_origin(origin)):
-            raise web.HTTPError(403, f"origin {origin[:200]!r} is not allowed here "
-                                "(allowed_origins)", reason="Forbidden")
+        async def attach() -> None:
+            self.session = await self.services.manager.attach(self.owner, session_id)
+
+        async def relay(url: str) -> None:
+            self._relay = await Relay.open(self, self.services.settings, url)
+
+        await self.serve_or_forward(attach, relay)
 
     def check_origin(self, origin: str) -> bool:
         return self.origin_allowed(origin) or bool(super().check_origin(origin))
@@ -83,6 +80,9 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         return None
 
     def open(self, session_id: str) -> None:  # type: ignore[override]
+        if self._relay is not None:
+            self._relay.start()
+            return
         # tornado turns TCP_NODELAY off after the 101 answer: small frames would wait ~40 ms
         self.set_nodelay(True)
         events, session = self.session.events, self.session
@@ -174,6 +174,9 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
             return
 
     async def on_message(self, message: str | bytes) -> None:
+        if self._relay is not None:
+            await self._relay.send(message)
+            return
         try:
             parsed = WsClientMessage.model_validate({"message": json.loads(message)}).message
         except (ValueError, RecursionError) as exc:
@@ -212,12 +215,31 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         self._enqueue({"type": "error", "id": request_id, "code": exc.code,
                        "message": exc.message})
 
+    def on_finish(self) -> None:
+        if self._relay is not None and self.get_status() != 101:
+            self._relay.close()  # tornado refused the upgrade after prepare()
+
     def on_close(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
         session = getattr(self, "session", None)
         if session is not None:
             session.events.unsubscribe(self._enqueue)
         if self._writer is not None:
             self._writer.cancel()
+
+
+def refuse_foreign_origin(handler: websocket.WebSocketHandler) -> None:
+    """Cross-site WebSocket hijacking guard, as a JSON 403 (tornado's own check, which runs
+    again after prepare(), answers in plain text). Called first thing in ``prepare()``."""
+    headers = handler.request.headers
+    origin = headers.get("Origin")
+    if origin is None or headers.get("Sec-Fetch-Site") in ("same-origin", "none"):
+        return
+    same_host = urllib.parse.urlsplit(origin).netloc.lower() == headers.get("Host", "").lower()
+    if not (same_host or handler.check_origin(origin)):
+        raise web.HTTPError(403, f"origin {origin[:200]!r} is not allowed here "
+                            "(allowed_origins)", reason="Forbidden")
 
 
 def _is_close(event: Event) -> bool:
