@@ -475,10 +475,14 @@ class SessionManager:
     async def list(self, owner: str) -> list[SessionInfo]:
         """This key's sessions, here and (with a shared registry) on other replicas."""
         here = [s.info() for (o, _), s in self._sessions.items() if o == owner]
-        if self.registry.name == "memory":
-            return here
-        ids = {info.id for info in here}
-        return here + [r.info() for r in await self.registry.list(owner) if r.session_id not in ids]
+        return here + [r.info() for r in await self.served_elsewhere(owner)]
+
+    async def served_elsewhere(self, owner: str) -> builtins.list[SessionRecord]:
+        """This key's sessions that other replicas serve (none without a shared registry)."""
+        if not self._shared:
+            return []
+        return [r for r in await self.registry.list(owner)
+                if (owner, r.session_id) not in self._sessions]
 
     async def by_kernel(self, owner: str, kernel_id: str) -> Session:
         """The session whose kernel id is ``kernel_id``. Raises SessionNotFound (also for

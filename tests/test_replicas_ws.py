@@ -219,6 +219,8 @@ async def test_jupyter_kernel_made_on_a_is_served_by_b(
         model = api_b.get(f"/api/kernels/{kid}")
         assert model.status_code == 200, model.text
         assert model.json()["id"] == kid and model.json()["name"] == "python3"
+        listed = api_b.get("/api/kernels").json()  # B lists the kernels A serves too
+        assert [(k["id"], k["execution_state"]) for k in listed] == [(kid, "idle")]
 
         ws = await kernel_ws(b.url, kid, b.token, v1=v1)
         assert ws.conn.selected_subprotocol == (V1_SUBPROTOCOL if v1 else None)

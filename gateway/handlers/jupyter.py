@@ -68,7 +68,10 @@ class KernelSpecHandler(JsonApiHandler):
 
 class KernelsHandler(JsonApiHandler):
     async def get(self) -> None:
-        self.send_json([model_of(s) for s in self.services.manager.sessions_of(self.owner)])
+        manager = self.services.manager
+        self.send_json([model_of(s) for s in manager.sessions_of(self.owner)] + [
+            kernel_model(r.kernel_id, r.last_activity, r.state.value, 0)
+            for r in await manager.served_elsewhere(self.owner)])
 
     async def post(self) -> None:
         req = self.body(JupyterKernelCreate, empty_ok=True)
