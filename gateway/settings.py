@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     registry_url: str = "memory://"  # or redis://[:password@]host:port/db, rediss:// for TLS
     redis_key_prefix: str = "exec-gateway:"
     redis_timeout_s: float = Field(5.0, gt=0)  # deadline of each Redis call
+    redis_password: SecretStr | None = None  # AUTH password, kept out of the URL
+    redis_ca_file: Path | None = None  # CA bundle that signed a rediss:// server's certificate
     # a session's lease: renewed every lease_renew_s by the gateway serving it; one not renewed
     # for lease_ttl_s (a crashed replica) is taken over by the next replica that needs it
     lease_ttl_s: float = Field(15.0, gt=0)

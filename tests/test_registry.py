@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -103,3 +106,91 @@ async def test_release_only_by_the_holder(registry: Registry) -> None:
     await registry.release(*key, "gw-a")
     assert await registry.holder(*key) is None
     await registry.release(*key, "gw-a")  # idempotent
+
+
+# ------------------------------------------------------------------ password + TLS
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A redis-server that speaks only TLS (certificate from a CA made here) and wants a
+    password: {"url", "password", "ca_file"}."""
+    import shutil
+
+    from tests.conftest import IN_CI, free_port, wait_until
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    d = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=exec-gateway test CA", "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+    port, password = free_port(), secrets.token_urlsafe(16)
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", "server.pem", "--tls-key-file", "server.key",
+         "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no",
+         "--requirepass", password, "--save", "", "--appendonly", "no", "--dir", str(d)],
+        cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: socket_open(port), 10)
+    yield {"url": f"rediss://127.0.0.1:{port}/0", "password": password,
+           "ca_file": str(d / "ca.pem")}
+    proc.terminate()
+    proc.wait(10)
+
+
+def socket_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+async def test_redis_over_tls_with_a_password(tls_redis: dict[str, str]) -> None:
+    reg = RedisRegistry(tls_redis["url"], "tls:", 5.0, password=tls_redis["password"],
+                        ca_file=tls_redis["ca_file"])
+    await reg.ping()
+    rec = record("alice", "s1")
+    await reg.put(rec)
+    assert await reg.get("alice", "s1") == rec
+    assert await reg.claim([("alice", "s1")], "gw-a", 5.0) == [True]
+    await reg.close()
+
+
+@pytest.mark.parametrize("wrong", ["no password", "bad password", "untrusted certificate"])
+async def test_redis_refusals_are_registry_unavailable(tls_redis: dict[str, str],
+                                                       wrong: str) -> None:
+    options: dict[str, Any] = {"password": tls_redis["password"], "ca_file": tls_redis["ca_file"]}
+    if wrong == "no password":
+        del options["password"]
+    elif wrong == "bad password":
+        options["password"] = "not-it"
+    else:
+        del options["ca_file"]  # the system's CAs never signed this server
+    reg = RedisRegistry(tls_redis["url"], "tls:", 2.0, **options)
+    with pytest.raises(RegistryUnavailable):
+        await reg.ping()
+    with pytest.raises(RegistryUnavailable):
+        await reg.get("alice", "s1")
+    await reg.close()
+
+
+def test_gateway_uses_redis_over_tls(gateway_factory: Any, tls_redis: dict[str, str]) -> None:
+    gw = gateway_factory(registry_url=tls_redis["url"], redis_password=tls_redis["password"],
+                         redis_ca_file=tls_redis["ca_file"], redis_key_prefix="tlsgw:",
+                         pool_size=0)
+    ready = gw.http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["registry"] == "ok", ready.text
+    assert gw.execute("over-tls", "1 + 1")["outputs"][0]["data"]["text/plain"] == "2"
+    assert tls_redis["password"] not in gw.log()

@@ -86,6 +86,10 @@ def make_registry(settings: Settings) -> Registry:
     if settings.registry_url.startswith(("redis:", "rediss:", "unix:")):
         from gateway.registry.redis import RedisRegistry
 
-        return RedisRegistry(settings.registry_url, settings.redis_key_prefix,
-                             settings.redis_timeout_s)
+        password = settings.redis_password
+        return RedisRegistry(
+            settings.registry_url, settings.redis_key_prefix, settings.redis_timeout_s,
+            password=password.get_secret_value() if password is not None else None,
+            ca_file=str(settings.redis_ca_file) if settings.redis_ca_file is not None else None,
+        )
     raise ValueError(f"unsupported registry_url scheme: {settings.registry_url.split(':')[0]!r}")

@@ -10,6 +10,7 @@ expiring (PX). Leases change only through Lua scripts, so check-and-set is atomi
 from __future__ import annotations
 
 import builtins
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -41,11 +42,19 @@ return 0
 class RedisRegistry:
     name = "redis"
 
-    def __init__(self, url: str, prefix: str, timeout_s: float) -> None:
+    def __init__(self, url: str, prefix: str, timeout_s: float, *, password: str | None = None,
+                 ca_file: str | None = None) -> None:
+        """``password`` (when the URL has none) and ``ca_file`` (the CA that signed a
+        ``rediss://`` server's certificate, instead of the system's) come from settings."""
         self.prefix = prefix
+        options: dict[str, Any] = {}
+        if password is not None:
+            options["password"] = password
+        if ca_file is not None and url.startswith("rediss:"):
+            options["ssl_ca_certs"] = ca_file
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            health_check_interval=30,
+            health_check_interval=30, **options,
         )
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
