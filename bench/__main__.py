@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import sections
+from bench import replicas, sections
 from bench.config import BenchConfig, load
 from bench.gateway_rest import ROOT, GatewayProcess, RestTarget, start_gateway, stop_gateway
 from bench.jupyter_ws import JupyterTarget
@@ -85,7 +85,7 @@ def new_results(config: BenchConfig) -> dict[str, Any]:
         },
         "config": dataclasses.asdict(config),
         "latency": {}, "throughput": {}, "session_start": {}, "stream": {}, "memory": {},
-        "docker": {},
+        "replicas": {}, "docker": {},
         "errors": {}, "notes": [], "section_seconds": {},
     }
 
@@ -168,6 +168,10 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         raw_stream.close()
     await _section(results, "pool_start", sections.pool_start_section(config, results, tracker))
     await _section(results, "memory", sections.memory_section(config, results, tracker))
+    if config.replicas:
+        await _section(results, "replicas", replicas.replicas_section(config, results, tracker))
+    else:
+        results["replicas"]["skipped"] = "turned off (--no-replicas or BENCH_REPLICAS=0)"
     if config.docker:
         await _section(results, "docker", sections.docker_section(config, results, tracker))
     else:
@@ -179,12 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts (about two minutes)")
     parser.add_argument("--no-kg", action="store_true", help="skip stock jupyter-kernel-gateway")
     parser.add_argument("--no-docker", action="store_true", help="skip the Docker launcher")
+    parser.add_argument("--no-replicas", action="store_true",
+                        help="skip the two-replica (Redis registry) forwarding section")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the gateway with py-spy during an extra REST loop")
     args = parser.parse_args(argv)
     try:
         config = load(args.quick, kernel_gateway=False if args.no_kg else None,
                       docker=False if args.no_docker else None,
+                      replicas=False if args.no_replicas else None,
                       profile=True if args.profile else None)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)

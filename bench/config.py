@@ -27,6 +27,7 @@ class BenchConfig:
     stream_lines: int = 10_000  # one-line prints in one cell, per front door
     start_parallel: int = 4  # sessions/kernels started at once when opening many
     kernel_gateway: bool = True  # run the stock jupyter-kernel-gateway comparison
+    replicas: bool = True  # two gateways on one redis-server: forwarded vs direct calls
     docker: bool = True  # the Docker launcher section (skipped with a note without engine/image)
     docker_image: str = "exec-gateway-kernel:latest"  # the kernel image the docker gateways run
     docker_idle_sessions: int = 10  # idle sessions per launcher for the Docker memory figures

@@ -45,9 +45,11 @@ class GatewayProcess:
 
 async def start_gateway(tracker: ProcessTracker, log_path: Path,
                         settings: dict[str, str]) -> GatewayProcess:
-    """Start ``python -m gateway`` (local launcher, memory registry) with ``GATEWAY_*``
-    ``settings``; returns once /healthz answers. Raises BenchError."""
-    port, token = free_port(), secrets.token_urlsafe(24)
+    """Start ``python -m gateway`` (local launcher, memory registry unless ``settings`` say
+    otherwise) with ``GATEWAY_*`` ``settings``; returns once /healthz answers. Its API token is
+    ``settings["token"]`` when given (replicas sharing one), else a fresh one. Raises
+    BenchError."""
+    port, token = free_port(), settings.get("token") or secrets.token_urlsafe(24)
     home = Path(tempfile.mkdtemp(prefix="bng-", dir="/tmp"))  # short: ipc path limit
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -106,16 +108,21 @@ async def wait_for_pool(gw: GatewayProcess, size: int, timeout_s: float = 60.0) 
 
 
 class RestSession:
-    """One gateway session, reached over its own keep-alive connection."""
+    """One gateway session, reached over its own keep-alive connection to ``gw``. With an
+    ``owner`` (another replica sharing ``gw``'s registry) the session is created and deleted
+    there, over a second connection, and ``gw`` forwards every execute to it."""
 
-    def __init__(self, gw: GatewayProcess, session_id: str) -> None:
+    def __init__(self, gw: GatewayProcess, session_id: str,
+                 owner: GatewayProcess | None = None) -> None:
         self.session_id = session_id
         self._conn = gw.connection()
+        self._owner_conn = self._conn if owner is None else owner.connection()
         self._execute_path = f"/v1/sessions/{session_id}/execute"
 
     async def create(self) -> None:
         try:
-            r = await self._conn.request("POST", "/v1/sessions", {"session_id": self.session_id})
+            r = await self._owner_conn.request("POST", "/v1/sessions",
+                                               {"session_id": self.session_id})
         except HttpError as exc:
             raise BenchError(f"create session: {exc}") from exc
         if r.status != 201:
@@ -142,22 +149,28 @@ class RestSession:
     async def close(self) -> None:
         try:
             async with asyncio.timeout(30):
-                await self._conn.request("DELETE", f"/v1/sessions/{self.session_id}")
+                await self._owner_conn.request("DELETE", f"/v1/sessions/{self.session_id}")
         except (TimeoutError, HttpError):
             pass  # the gateway's own shutdown stops the kernel
         await self._conn.close()
+        if self._owner_conn is not self._conn:
+            await self._owner_conn.close()
 
 
 class RestTarget:
-    """Sessions created with ``POST /v1/sessions`` and driven with ``POST .../execute``."""
+    """Sessions created with ``POST /v1/sessions`` and driven with ``POST .../execute`` on
+    ``gw`` (created on ``owner`` instead when given: ``gw`` then forwards each call there).
+    The server CPU per call is ``gw``'s."""
 
-    def __init__(self, gw: GatewayProcess, name: str = "gateway_rest") -> None:
+    def __init__(self, gw: GatewayProcess, name: str = "gateway_rest",
+                 owner: GatewayProcess | None = None) -> None:
         self.gw = gw
+        self.owner = owner
         self.name = name
         self.server_pid: int | None = gw.pid
 
     async def start(self) -> RestSession:
-        session = RestSession(self.gw, f"bench-{secrets.token_hex(6)}")
+        session = RestSession(self.gw, f"bench-{secrets.token_hex(6)}", self.owner)
         try:
             await session.create()
         except BenchError:

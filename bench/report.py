@@ -13,6 +13,11 @@ from bench.stats import ratio
 REST, RAW, JUP, KG = "gateway_rest", "raw", "gateway_jupyter", "kernel_gateway"
 V1 = "gateway_v1_ws"
 DOCKER, DOCKER_LOCAL = "docker_rest", "local_rest"  # the docker section's two gateways
+# the replicas section: sessions created on replica A, called on A (direct) or through B
+REPLICA_REST_DIRECT, REPLICA_REST_FORWARDED = "replica_rest_direct", "replica_rest_forwarded"
+REPLICA_V1_DIRECT, REPLICA_V1_FORWARDED = "replica_v1_ws_direct", "replica_v1_ws_forwarded"
+REPLICA_PAIRS = (("rest", REPLICA_REST_FORWARDED, REPLICA_REST_DIRECT, "REST forwarded"),
+                 ("v1ws", REPLICA_V1_FORWARDED, REPLICA_V1_DIRECT, "/v1 WS relayed"))
 FRONT_DOORS = ((REST, "rest"), (V1, "v1ws"), (JUP, "jupyter"), (KG, "kg"))
 
 
@@ -88,6 +93,16 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
                                                     _get(dmem, DOCKER_LOCAL, "per_session_kb"))
     r["docker_kernel_uss_vs_local"] = ratio(_get(dmem, DOCKER, "kernel_kb", "uss_median"),
                                             _get(dmem, DOCKER_LOCAL, "kernel_kb", "uss_median"))
+    rlat = _get(results, "replicas", "latency") or {}
+    for key, forwarded, direct, _ in REPLICA_PAIRS:
+        for q in ("p50", "p90"):
+            r[f"replicas_{q}_{key}_forwarded_vs_direct"] = ratio(_get(rlat, forwarded, q),
+                                                                 _get(rlat, direct, q))
+        r[f"replicas_server_cpu_{key}_forwarder_vs_owner"] = ratio(
+            _get(rlat, forwarded, "server_cpu_ms_per_call"),
+            _get(rlat, direct, "server_cpu_ms_per_call"))
+    r["replicas_p50_rest_direct_vs_memory_rest"] = ratio(_get(rlat, REPLICA_REST_DIRECT, "p50"),
+                                                         _get(lat, REST, "p50"))
     top = max(results.get("config", {}).get("concurrency", [0]) or [0])
     targets = [
         _target("REST execute p50 <= 1.1x raw", r["latency_p50_rest_vs_raw"], "<=", 1.1),
@@ -147,6 +162,31 @@ def _docker_rows(dk: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
         v, ref = (_get(mem, DOCKER, "gateway_rss_kb_per_idle_session"),
                   _get(mem, DOCKER_LOCAL, "gateway_rss_kb_per_idle_session"))
         rows.append(("  gateway RSS KiB/session: docker vs local", v, ref, ratio(v, ref)))
+    return rows
+
+
+def _replicas_rows(rp: dict[str, Any], lat: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """Two replicas on one Redis registry: a call through B (forwarded to A) vs straight to A;
+    and A's direct REST vs the main latency section's gateway (memory registry)."""
+    if rp.get("skipped"):
+        return [("replicas (redis registry)", "skipped", "", "")]
+    rlat = rp.get("latency", {})
+    rows: list[tuple[str, Any, Any, Any]] = []
+    for _, forwarded, direct, label in REPLICA_PAIRS:
+        for q in ("p50", "p90"):
+            v, ref = _get(rlat, forwarded, q), _get(rlat, direct, q)
+            if v is not None:
+                rows.append((f"replica execute {q} ms: {label} vs direct", v, ref,
+                             ratio(v, ref)))
+    v, ref = _get(rlat, REPLICA_REST_DIRECT, "p50"), _get(lat, REST, "p50")
+    if v is not None:
+        rows.append(("REST p50 ms: redis registry vs memory registry", v, ref, ratio(v, ref)))
+    for _, forwarded, direct, label in REPLICA_PAIRS:
+        v = _get(rlat, forwarded, "server_cpu_ms_per_call")
+        ref = _get(rlat, direct, "server_cpu_ms_per_call")
+        if v is not None:
+            rows.append((f"server CPU ms/call: {label.split()[0]} forwarder B vs owner A", v,
+                         ref, ratio(v, ref)))
     return rows
 
 
@@ -232,6 +272,7 @@ def table(results: dict[str, Any]) -> str:
         rows.append((f"REST p99 ms with {mem['sessions']} idle vs without", v, ref,
                      ratio(v, ref)))
         rows.append(("gateway idle CPU % of a core", mem.get("idle_cpu_percent"), "", ""))
+    rows.extend(_replicas_rows(results.get("replicas", {}), lat))
     rows.extend(_docker_rows(results.get("docker", {})))
     width = max(len(row[0]) for row in rows)
     lines = [f"{row[0]:<{width}}  {_fmt(row[1]):>10}  {_fmt(row[2]):>10}  {_fmt(row[3], 3):>7}"

@@ -46,9 +46,9 @@ def gateway_settings(config: BenchConfig, sessions: int, pool_size: int = 0
             "pool_size": str(pool_size), "log_level": config.gateway_log_level}
 
 
-async def latency_section(config: BenchConfig, results: dict[str, Any],
-                          targets: list[Target]) -> None:
-    """Sequential ``1+1`` on one warm session per target, interleaved in rounds."""
+async def warm_latency(config: BenchConfig, targets: list[Target]) -> dict[str, Any]:
+    """Sequential ``1+1`` on one warm session per target, interleaved in rounds (the
+    config's counts): figures per target name. The sessions are closed afterwards."""
     executors: dict[str, tuple[Executor, int | None]] = {}
     try:
         for target in targets:
@@ -57,7 +57,13 @@ async def latency_section(config: BenchConfig, results: dict[str, Any],
                                             config.warmup, config.loop_max_s)
     finally:
         await close_executors([e for e, _ in executors.values()])
-    results["latency"].update({name: s.figures() for name, s in sampled.items()})
+    return {name: s.figures() for name, s in sampled.items()}
+
+
+async def latency_section(config: BenchConfig, results: dict[str, Any],
+                          targets: list[Target]) -> None:
+    """Sequential ``1+1`` on one warm session per target, interleaved in rounds."""
+    results["latency"].update(await warm_latency(config, targets))
 
 
 async def kg_latency_section(config: BenchConfig, results: dict[str, Any], kg: Target) -> None:
@@ -265,15 +271,7 @@ async def docker_section(config: BenchConfig, results: dict[str, Any],
         dk["session_start"] = await interleaved_starts(targets, config.starts,
                                                        2 * config.loop_max_s)
         log("  docker warm latency")
-        executors: dict[str, tuple[Executor, int | None]] = {}
-        try:
-            for target in targets:
-                executors[target.name] = (await target.start(), target.server_pid)
-            sampled = await interleaved_latency(executors, config.iterations, config.rounds,
-                                                config.warmup, config.loop_max_s)
-        finally:
-            await close_executors([e for e, _ in executors.values()])
-        dk["latency"] = {name: s.figures() for name, s in sampled.items()}
+        dk["latency"] = await warm_latency(config, targets)
         log("  docker idle memory")
         dk["memory"] = await _docker_memory(config, results, docker_gw, local_gw, ids[0])
         for gw in gws:

@@ -27,12 +27,15 @@ V1 = "gateway_v1_ws"
 
 
 class V1Session:
-    """One gateway session driven over its ``/v1`` WebSocket; one caller at a time."""
+    """One gateway session driven over its ``/v1`` WebSocket on ``gw``; one caller at a time.
+    With an ``owner`` (another replica sharing ``gw``'s registry) the session is created and
+    deleted there, and ``gw`` relays the socket to it frame by frame."""
 
-    def __init__(self, gw: GatewayProcess, session_id: str) -> None:
+    def __init__(self, gw: GatewayProcess, session_id: str,
+                 owner: GatewayProcess | None = None) -> None:
         self.session_id = session_id
         self._gw = gw
-        self._http: HttpConnection = gw.connection()
+        self._http: HttpConnection = (owner or gw).connection()
         self._ws: WebSocketClientConnection | None = None
         self._calls = 0
         self.notices: list[dict[str, Any]] = []  # dropped / gap / error events seen
@@ -118,15 +121,19 @@ class V1Session:
 
 
 class V1WsTarget:
-    """Sessions created with ``POST /v1/sessions`` and driven over ``/v1/sessions/{id}/ws``."""
+    """Sessions created with ``POST /v1/sessions`` and driven over ``/v1/sessions/{id}/ws`` on
+    ``gw`` (created on ``owner`` instead when given: ``gw`` then relays the socket there).
+    The server CPU per call is ``gw``'s."""
 
-    def __init__(self, gw: GatewayProcess, name: str = V1) -> None:
+    def __init__(self, gw: GatewayProcess, name: str = V1,
+                 owner: GatewayProcess | None = None) -> None:
         self.gw = gw
+        self.owner = owner
         self.name = name
         self.server_pid: int | None = gw.pid
 
     async def start(self) -> V1Session:
-        session = V1Session(self.gw, f"bench-{secrets.token_hex(6)}")
+        session = V1Session(self.gw, f"bench-{secrets.token_hex(6)}", self.owner)
         try:
             await session.open()
         except BenchError:

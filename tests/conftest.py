@@ -415,17 +415,15 @@ async def kernel_ws() -> Any:
         sock.close()
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free loopback port (installed by scripts/test-deps.sh)."""
+def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """A real redis-server on 127.0.0.1:``port`` (no persistence), once it answers PING.
+    Skips without redis-server, or fails in CI (scripts/test-deps.sh installs it)."""
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed (scripts/test-deps.sh installs it)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir)],
@@ -441,6 +439,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             return False
 
     wait_until(up, 10)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server for the whole run (tests keep apart by key prefix)."""
+    port = free_port()
+    proc = start_redis(tmp_path_factory.mktemp("redis"), port)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import Gateway, wait_until
+from tests.conftest import Gateway, free_port, start_redis, wait_until
 
 LEASE_TTL_S = 2.0
 LEASE = {"lease_ttl_s": LEASE_TTL_S, "lease_renew_s": 0.5}
@@ -160,3 +160,31 @@ def kernels_of(gateway: Gateway) -> list[str]:
     """Pids of the gateway's child processes (local kernels)."""
     return subprocess.run(["pgrep", "-P", str(gateway.proc.pid)], capture_output=True,
                           text=True).stdout.split()
+
+
+def test_a_registry_outage_longer_than_a_lease_fences_calls(gateway_factory, tmp_path) -> None:
+    """Without the registry a replica cannot know whether another took its sessions over:
+    it serves them for the rest of its lease, then answers 503 until the registry is back."""
+    port = free_port()
+    redis = start_redis(tmp_path, port)
+    gw = gateway_factory(registry_url=f"redis://127.0.0.1:{port}/0", pool_size=0,
+                         redis_timeout_s=0.5, lease_ttl_s=3, lease_renew_s=0.5)
+    try:
+        gw.execute("fenced", "x = 41")
+        redis.terminate()
+        redis.wait(10)
+        assert gw.execute("fenced", "x += 1\nx")["outputs"][0]["data"]["text/plain"] == "42"
+
+        def refused() -> httpx.Response | None:
+            r = gw.http.post("/v1/sessions/fenced/execute", json={"code": "x"})
+            return r if r.status_code == 503 else None
+
+        assert wait_until(refused, 15).json()["error"]["code"] == "registry_unavailable"
+        assert gw.http.get("/readyz").status_code == 503
+        redis = start_redis(tmp_path, port)  # back (empty): the lease is free to renew
+        result = wait_until(lambda: gw.http.post("/v1/sessions/fenced/execute",
+                                                 json={"code": "x"}).json().get("outputs"), 15)
+        assert result[0]["data"]["text/plain"] == "42"  # nothing was lost meanwhile
+    finally:
+        redis.terminate()
+        redis.wait(10)

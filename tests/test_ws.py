@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 from tornado.httpclient import HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from tests.conftest import Gateway
 
@@ -479,10 +479,16 @@ async def test_a_message_over_the_size_limit_closes_with_1009_and_the_session_st
     w = await connect(gw, sid)
     await w.execute("set", "value = 8")
     await w.result("set")
-    await w.execute("huge", "#" + "x" * 3_000_000)  # over ws_max_message_bytes (2 MB)
-    with pytest.raises(Closed):
-        await w.until(lambda e: False, timeout_s=30)
-    assert w.conn.close_code == 1009
+    try:
+        await w.execute("huge", "#" + "x" * 3_000_000)  # over ws_max_message_bytes (2 MB)
+    except WebSocketClosedError:
+        # the gateway closed on reading the frame's length, while this write was going on:
+        # the close frame may be lost with the connection (the page's 1006, see app.js)
+        assert w.conn.close_code in (1009, None)
+    else:
+        with pytest.raises(Closed):
+            await w.until(lambda e: False, timeout_s=30)
+        assert w.conn.close_code == 1009
     again = await connect(gw, sid)
     await again.execute("check", "print(value)")
     assert (await again.result("check"))["result"]["stdout"] == "8\n"
