@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -13,13 +16,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -413,6 +419,118 @@ async def kernel_ws() -> Any:
     yield connect
     for sock in opened:
         sock.close()
+
+
+# ------------------------------------------------------------------ /v1 WebSocket client
+Event = dict[str, Any]
+
+
+class Closed(Exception):
+    """The server closed the socket."""
+
+
+class Watcher:
+    """One client of a session's WebSocket: every event it received, in order."""
+
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.events: list[Event] = []
+        self.hello: Event = {}
+
+    async def recv(self, timeout_s: float = 60.0) -> Event:
+        frame = await asyncio.wait_for(self.conn.read_message(), timeout_s)
+        if frame is None:
+            raise Closed(f"closed: code={self.conn.close_code} reason={self.conn.close_reason}")
+        event: Event = json.loads(frame)
+        event["_t"] = time.monotonic()
+        self.events.append(event)
+        return event
+
+    async def until(self, match: Callable[[Event], bool], timeout_s: float = 60.0) -> Event:
+        """Read until an event matches; returns it (everything read stays in ``events``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching event within {timeout_s}s: {self.events[-5:]}")
+            try:
+                event = await self.recv(left)
+            except TimeoutError:
+                raise AssertionError(f"no matching event within {timeout_s}s") from None
+            if match(event):
+                return event
+
+    async def result(self, rid: str, timeout_s: float = 60.0) -> Event:
+        return await self.until(lambda e: e["type"] == "result" and e.get("id") == rid, timeout_s)
+
+    async def send(self, message: Any) -> None:
+        await self.conn.write_message(message if isinstance(message, str) else json.dumps(message))
+
+    async def execute(self, rid: str, code: str, **extra: Any) -> None:
+        await self.send({"type": "execute", "id": rid, "code": code, **extra})
+
+    def run_events(self, rid: str) -> list[Event]:
+        return [e for e in self.events if e.get("id") == rid]
+
+    def stream_text(self, rid: str, name: str = "stdout") -> str:
+        return "".join(e["text"] for e in self.run_events(rid)
+                       if e["type"] == "stream" and e["name"] == name)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def ws_url(gw: Gateway, sid: str, *, token: str | None = "", since: int | None = None) -> str:
+    query = {}
+    if token is not None:
+        query["token"] = token or gw.token
+    if since is not None:
+        query["since"] = str(since)
+    base = gw.url.replace("http", "ws", 1)
+    return f"{base}/v1/sessions/{sid}/ws?{urllib.parse.urlencode(query)}"
+
+
+Connect = Callable[..., Any]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """``await connect(gw, sid, since=..., headers=...)``: a Watcher that has read its hello;
+    every one is closed at the end of the test."""
+    opened: list[Watcher] = []
+
+    async def open_watcher(gw: Gateway, sid: str, *, since: int | None = None,
+                           token: str | None = "", headers: dict[str, str] | None = None
+                           ) -> Watcher:
+        request = HTTPRequest(ws_url(gw, sid, token=token, since=since), headers=headers or {},
+                              request_timeout=60)
+        conn = await websocket_connect(request, max_message_size=64 * 1024 * 1024)
+        watcher = Watcher(conn)
+        opened.append(watcher)
+        watcher.hello = await watcher.recv()
+        assert watcher.hello["type"] == "hello", watcher.hello
+        return watcher
+
+    yield open_watcher
+    for watcher in opened:
+        watcher.close()
+
+
+def upgrade_headers(**extra: str) -> dict[str, str]:
+    return {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), **extra}
+
+
+def upgrade_at(url: str, **headers: str) -> httpx.Response:
+    """A bare upgrade request to the ws:// ``url`` (any WebSocket of the gateway): the status
+    and body the gateway answers before any upgrade."""
+    with httpx.Client(timeout=60) as client:
+        return client.get("http" + url.removeprefix("ws"), headers=upgrade_headers(**headers))
+
+
+def upgrade(gw: Gateway, sid: str, *, token: str | None = "", **headers: str) -> httpx.Response:
+    """A bare upgrade request to a session's /v1 WebSocket (see ``upgrade_at``)."""
+    return upgrade_at(ws_url(gw, sid, token=token), **headers)
 
 
 def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:

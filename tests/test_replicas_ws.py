@@ -4,25 +4,29 @@ its Jupyter REST calls work through any replica, relayed to the one that owns th
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import secrets
 import signal
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.httpclient import HTTPClientError
 
-from tests.conftest import V1_SUBPROTOCOL, Gateway, KernelSocket, wait_until
+from tests.conftest import (
+    V1_SUBPROTOCOL,
+    Closed,
+    Connect,
+    Gateway,
+    KernelSocket,
+    upgrade,
+    upgrade_at,
+    wait_until,
+)
 
-Event = dict[str, Any]
 KernelWs = Callable[..., Awaitable[KernelSocket]]
 FORWARDED_HEADER = "X-Exec-Gateway-Forwarded-By"
 
@@ -47,76 +51,6 @@ def jupyter(gw: Gateway) -> httpx.Client:
                         timeout=60)
 
 
-class Watcher:
-    """A /v1 WebSocket client: every event it read, in order."""
-
-    def __init__(self, conn: WebSocketClientConnection) -> None:
-        self.conn = conn
-        self.events: list[Event] = []
-
-    async def recv(self, timeout_s: float = 30.0) -> Event | None:
-        """The next event, or None once the socket is closed."""
-        frame = await asyncio.wait_for(self.conn.read_message(), timeout_s)
-        if frame is None:
-            return None
-        event: Event = json.loads(frame)
-        event["_t"] = time.monotonic()
-        self.events.append(event)
-        return event
-
-    async def until(self, match: Callable[[Event], bool], timeout_s: float = 30.0) -> Event:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no matching event within {timeout_s}s: {self.events[-5:]}")
-            event = await self.recv(left)
-            if event is None:
-                raise AssertionError(f"closed ({self.conn.close_code}) before a matching event")
-            if match(event):
-                return event
-
-    async def execute(self, rid: str, code: str) -> None:
-        await self.conn.write_message(json.dumps({"type": "execute", "id": rid, "code": code}))
-
-    def stream_text(self, rid: str) -> str:
-        return "".join(e["text"] for e in self.events
-                       if e["type"] == "stream" and e.get("id") == rid)
-
-
-def ws_url(gw: Gateway, session_id: str) -> str:
-    query = urllib.parse.urlencode({"token": gw.token})
-    return f"{gw.url.replace('http', 'ws', 1)}/v1/sessions/{session_id}/ws?{query}"
-
-
-@pytest.fixture
-async def watch() -> AsyncIterator[Callable[[Gateway, str], Awaitable[Watcher]]]:
-    """``await watch(gw, session_id)``: a Watcher (token in the query) that has read its hello;
-    closed at the end of the test."""
-    opened: list[Watcher] = []
-
-    async def open_watcher(gw: Gateway, session_id: str) -> Watcher:
-        conn = await websocket_connect(HTTPRequest(ws_url(gw, session_id), request_timeout=30))
-        watcher = Watcher(conn)
-        opened.append(watcher)
-        hello = await watcher.recv()
-        assert hello is not None and hello["type"] == "hello", hello
-        return watcher
-
-    yield open_watcher
-    for watcher in opened:
-        watcher.conn.close()
-
-
-def upgrade(url: str, **headers: str) -> httpx.Response:
-    """A bare upgrade request to the ws:// ``url``: what a replica answers before any upgrade."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    with httpx.Client(timeout=30) as client:
-        return client.get("http" + url.removeprefix("ws"), headers={
-            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": key, **headers})
-
-
 def of_type(msgs: list[dict[str, Any]], msg_type: str) -> list[dict[str, Any]]:
     """The contents of the Jupyter messages of ``msg_type``."""
     return [m["content"] for m in msgs if m["header"]["msg_type"] == msg_type]
@@ -129,16 +63,15 @@ def make_session(gw: Gateway, session_id: str) -> None:
 
 # ------------------------------------------------------------------ /v1 WebSocket
 async def test_v1_socket_on_b_runs_code_in_a_session_made_on_a(
-    replicas: tuple[Gateway, Gateway], watch: Any
+    replicas: tuple[Gateway, Gateway], connect: Connect
 ) -> None:
     a, b = replicas
     make_session(a, "shared")
     assert a.execute("shared", "x = 'from a'")["status"] == "ok"
-    w = await watch(b, "shared")
-    hello = w.events[0]
-    assert hello["session_id"] == "shared" and hello["execution_count"] == 1
+    w = await connect(b, "shared")
+    assert w.hello["session_id"] == "shared" and w.hello["execution_count"] == 1
     await w.execute("r1", "print('side')\nx")
-    result = await w.until(lambda e: e["type"] == "result" and e["id"] == "r1")
+    result = await w.result("r1")
     assert w.stream_text("r1") == "side\n"
     assert result["result"]["status"] == "ok"
     assert result["result"]["outputs"][0]["data"]["text/plain"] == "'from a'"
@@ -148,11 +81,11 @@ async def test_v1_socket_on_b_runs_code_in_a_session_made_on_a(
 
 
 async def test_watcher_on_b_sees_a_rest_run_on_a_live(
-    replicas: tuple[Gateway, Gateway], watch: Any
+    replicas: tuple[Gateway, Gateway], connect: Connect
 ) -> None:
     a, b = replicas
     make_session(a, "live")
-    w = await watch(b, "live")
+    w = await connect(b, "live")
     code = "import time\nfor i in range(4):\n    print(i, flush=True)\n    time.sleep(0.4)"
     rest = asyncio.create_task(asyncio.to_thread(a.execute, "live", code))
     first = await w.until(lambda e: e["type"] == "stream")
@@ -164,14 +97,14 @@ async def test_watcher_on_b_sees_a_rest_run_on_a_live(
 
 
 async def test_deleting_the_session_on_a_closes_the_socket_on_b_with_4410(
-    replicas: tuple[Gateway, Gateway], watch: Any
+    replicas: tuple[Gateway, Gateway], connect: Connect
 ) -> None:
     a, b = replicas
     make_session(a, "doomed")
-    w = await watch(b, "doomed")
+    w = await connect(b, "doomed")
     assert a.http.delete("/v1/sessions/doomed").status_code == 204
-    while await w.recv() is not None:
-        pass
+    with pytest.raises(Closed):
+        await w.until(lambda e: False)
     assert w.conn.close_code == 4410
     assert {"type": "status", "state": "closed"}.items() <= w.events[-1].items()
 
@@ -179,14 +112,14 @@ async def test_deleting_the_session_on_a_closes_the_socket_on_b_with_4410(
 def test_a_forwarded_socket_is_never_forwarded_again(replicas: tuple[Gateway, Gateway]) -> None:
     a, b = replicas
     make_session(b, "on-b")
-    r = upgrade(ws_url(a, "on-b"), **{FORWARDED_HEADER: "rws-b"})
+    r = upgrade(a, "on-b", **{FORWARDED_HEADER: "rws-b"})
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "owner_unreachable"
-    assert upgrade(ws_url(a, "on-b")).status_code == 101  # without the header, A relays it
+    assert upgrade(a, "on-b").status_code == 101  # without the header, A relays it
 
 
 async def test_a_refusal_by_the_owner_reaches_the_client_as_its_json_error(
-    gateway_factory: Callable[..., Gateway], redis_url: str, tmp_path: Path
+    gateway_factory: Callable[..., Gateway], redis_url: str, tmp_path: Path, connect: Connect
 ) -> None:
     # misconfigured replicas: the same key name with another token on each
     token_a, token_b = "alice-token-on-a-0123456789", "alice-token-on-b-0123456789"
@@ -198,9 +131,8 @@ async def test_a_refusal_by_the_owner_reaches_the_client_as_its_json_error(
     b = gateway_factory(instance_id="rws-b", keys_file=tmp_path / "keys-b", **common)
     assert a.client(token_a).post("/v1/sessions", json={"session_id": "s"}).status_code == 201
     assert "s" in [s["id"] for s in b.client(token_b).get("/v1/sessions").json()["sessions"]]
-    url = f"{b.url.replace('http', 'ws', 1)}/v1/sessions/s/ws?token={token_b}"
     with pytest.raises(HTTPClientError) as info:
-        await websocket_connect(HTTPRequest(url, request_timeout=30))
+        await connect(b, "s", token=token_b)
     assert info.value.code == 401  # B let the token in; A, the owner, did not
     assert info.value.response is not None
     assert json.loads(info.value.response.body)["error"]["code"] == "unauthorized"
@@ -268,28 +200,28 @@ def test_channels_on_b_refuse_a_foreign_origin_before_relaying(
     with jupyter(a) as api_a:
         kid = api_a.post("/api/kernels").json()["id"]
         url = f"{b.url.replace('http', 'ws', 1)}/api/kernels/{kid}/channels?token={b.token}"
-        refused = upgrade(url, Origin="https://evil.example")
+        refused = upgrade_at(url, Origin="https://evil.example")
         assert refused.status_code == 403
         assert refused.json()["error"]["code"] == "forbidden"
         assert api_a.get(f"/api/kernels/{kid}").json()["connections"] == 0
-        assert upgrade(url).status_code == 101
+        assert upgrade_at(url).status_code == 101
 
 
 # ------------------------------------------------------------------ a dead owner
 async def test_socket_on_b_is_closed_with_4503_when_the_owner_dies(
-    replicas: tuple[Gateway, Gateway], watch: Any
+    replicas: tuple[Gateway, Gateway], connect: Connect
 ) -> None:
     a, b = replicas
     make_session(a, "fragile")
-    w = await watch(b, "fragile")
+    w = await connect(b, "fragile")
     a.stop(signal.SIGKILL)
-    while await w.recv() is not None:
-        pass
+    with pytest.raises(Closed):
+        await w.until(lambda e: False)
     assert w.conn.close_code == 4503  # 4000 + owner_unreachable's 503: reconnect later
 
 
 async def test_sockets_to_b_for_a_session_whose_owner_died_open_once_its_lease_expired(
-    gateway_factory: Callable[..., Gateway], redis_url: str, watch: Any, kernel_ws: KernelWs
+    gateway_factory: Callable[..., Gateway], redis_url: str, connect: Connect, kernel_ws: KernelWs
 ) -> None:
     lease_ttl_s = 2.0
     a, b = start_replicas(gateway_factory, redis_url, lease_ttl_s=lease_ttl_s,
@@ -298,12 +230,11 @@ async def test_sockets_to_b_for_a_session_whose_owner_died_open_once_its_lease_e
     kid = a.http.get("/v1/sessions/orphan").json()["kernel_id"]
     a.stop(signal.SIGKILL)  # a crash: the record and the lease stay, the owner is gone
     started = time.monotonic()
-    w = await watch(b, "orphan")  # refused by A: waits out A's lease, then B takes over
+    w = await connect(b, "orphan")  # refused by A: waits out A's lease, then B takes over
     assert time.monotonic() - started < lease_ttl_s + 10
-    hello = w.events[0]
-    assert hello["state"] == "dead"  # a local kernel dies with its gateway: said so plainly
+    assert w.hello["state"] == "dead"  # a local kernel dies with its gateway: said so plainly
     await w.execute("r1", "print('back')")
-    await w.until(lambda e: e["type"] == "result" and e["id"] == "r1")
+    await w.result("r1")
     assert w.stream_text("r1") == "back\n"
     ks = await kernel_ws(b.url, kid, b.token)  # the channels socket, now served by B itself
     reply, iopub = await ks.execute("1 + 1")
