@@ -92,6 +92,22 @@ def test_a_replica_killed_mid_call_does_not_wedge_the_session(
     assert time.monotonic() - started < LEASE_TTL_S + 10
 
 
+def test_a_forwarded_call_whose_owner_dies_mid_call_answers_503_and_is_not_replayed(
+        replicas: tuple[Gateway, Gateway]) -> None:
+    a, b = replicas
+    a.execute("midway", "1")
+    code = "runs = globals().get('runs', 0) + 1\nimport time; time.sleep(60)"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(b.client().post, "/v1/sessions/midway/execute", json={"code": code})
+        wait_until(lambda: a.http.get("/v1/sessions/midway").json()["state"] == "busy", 10)
+        a.stop(signal.SIGKILL)
+        r = call.result(30)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "owner_unreachable"
+    # B took the session over (a fresh kernel: A's died with it); the call did not run again
+    assert "runs" not in b.execute("midway", "dir()")["outputs"][0]["data"]["text/plain"]
+
+
 def test_an_orphaned_idle_session_is_reaped_once_by_a_survivor(gateway_factory,
                                                               redis_url: str) -> None:
     token, prefix = secrets.token_urlsafe(24), f"reap-{secrets.token_hex(3)}:"

@@ -227,11 +227,10 @@ class ApiHandler(GatewayHandler):
             )
         except ConnectionRefusedError as exc:  # it never saw the call: safe to try again
             raise errors.OwnerDown("the gateway that owns this session is down") from exc
-        except OSError as exc:
+        except (OSError, httpclient.HTTPClientError) as exc:  # (timeouts, connection lost)
+            # it may have run the call: never replayed, the client hears what happened
             raise errors.OwnerUnreachable(
                 f"the gateway that owns this session cannot be reached: {exc}") from exc
-        if response.code == 599:
-            raise errors.OwnerUnreachable("the gateway that owns this session cannot be reached")
         self.set_status(response.code)
         for name in ("Content-Type", "Location"):
             if name in response.headers:
