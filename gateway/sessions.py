@@ -555,10 +555,11 @@ class SessionManager:
         """Create a session and start its kernel. Raises SessionExists, capacity errors."""
         session_id = req.session_id or uuid.uuid4().hex
         exists = errors.SessionExists(f"session {session_id!r} already exists")
-        if (owner, session_id) in self._sessions or await self.registry.get(owner, session_id):
+        key = (owner, session_id)
+        if key in self._sessions or await self.registry.get(owner, session_id):
             raise exists
-        if not (await self._claim([(owner, session_id)]))[0]:
-            raise exists  # another replica is creating it right now
+        if not (await self._claim([key]))[0] or key in self._sessions:
+            raise exists  # another replica or a concurrent call is creating it right now
         session = await self._open(owner, session_id, req.limits, req.env)
         return session.info()
 
@@ -567,7 +568,12 @@ class SessionManager:
         if session is not None and await self._holds(session):
             return await self._ready(session)
         taken = await self._elsewhere(owner, session_id, create=self.settings.create_on_execute)
-        return taken or await self._open(owner, session_id, None, None)
+        if taken is not None:
+            return taken
+        session = self._sessions.get((owner, session_id))  # a concurrent call opened it
+        if session is not None:
+            return await self._ready(session)
+        return await self._open(owner, session_id, None, None)
 
     async def _open(
         self, owner: str, session_id: str, limits: Limits | None, env: dict[str, str] | None

@@ -204,3 +204,25 @@ def test_a_registry_outage_longer_than_a_lease_fences_calls(gateway_factory, tmp
     finally:
         redis.terminate()
         redis.wait(10)
+
+
+def test_concurrent_first_calls_open_one_session(gateway_factory, redis_url: str) -> None:
+    """Registry calls yield: the calls racing to open a new session must still share one."""
+    gw = gateway_factory(registry_url=redis_url, redis_key_prefix=f"race-{secrets.token_hex(3)}:",
+                         pool_size=0)
+
+    def call(n: int) -> dict:
+        return gw.client().post("/v1/sessions/race/execute", json={"code": f"{n}"}).json()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    assert {(r["status"], r["generation"]) for r in results} == {("ok", 1)}
+    assert len(kernels_of(gw)) == 1
+    assert "gateway_sessions 1.0" in gw.http.get("/metrics").text
+
+    def create(_: int) -> int:
+        return gw.client().post("/v1/sessions", json={"session_id": "once"}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert sorted(pool.map(create, range(4))) == [201, 409, 409, 409]
+    assert len(kernels_of(gw)) == 2
