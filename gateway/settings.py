@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8888, ge=0, le=65535)
     public_url: str | None = None  # printed at start-up; defaults to http://host:port/
-    internal_url: str | None = None  # how other replicas reach this one (default http://host:port)
+    # how other replicas reach this one (default http://host:port; the hostname for 0.0.0.0)
+    internal_url: str | None = Field(None, pattern=r"^https?://[^/?#\s]+/?$")
     # names this gateway in session records and container labels; stable across restarts so a
     # restarted gateway re-adopts its sessions. Give each replica its own.
     instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
@@ -143,7 +144,8 @@ class Settings(BaseSettings):
         """The URL other replicas forward calls to."""
         if self.internal_url:
             return self.internal_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        # bound to every address: the host's name (a compose service, a DNS name) reaches it
+        host = socket.gethostname() if self.host in ("0.0.0.0", "", "::") else self.host
         return f"http://{host}:{self.port}" if ":" not in host else f"http://[{host}]:{self.port}"
 
     @property

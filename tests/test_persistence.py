@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import signal
@@ -9,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import IN_CI, Gateway, docker_instance_id, wait_until
+from tests.conftest import IN_CI, ROOT, Gateway, docker_instance_id, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -86,15 +87,75 @@ def test_orphan_containers_are_removed_at_start(durable) -> None:
     wait_until(lambda: not _containers(instance), 30)
 
 
-def test_compose_file_validates() -> None:
+def compose_tool() -> str:
     tool = shutil.which("docker-compose")
     if tool is None:
         if IN_CI:
             pytest.fail("docker-compose is not installed")
         pytest.skip("docker-compose is not installed")
-    done = subprocess.run([tool, "config", "-q"], capture_output=True, text=True,
+    return tool
+
+
+def test_compose_file_validates() -> None:
+    done = subprocess.run([compose_tool(), "config", "-q"], capture_output=True, text=True,
                           env={"GATEWAY_TOKEN": "x" * 20, "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
+
+
+def test_compose_stack_serves_one_session_through_both_replicas(docker_client) -> None:
+    """docker-compose.yml as a user runs it (images from deploy/build.sh): Redis and two
+    gateway replicas; a session made through one is served through the other."""
+    import httpx
+
+    from tests.conftest import free_port
+
+    for image in ("exec-gateway:latest", "exec-gateway-redis:latest"):
+        try:
+            docker_client.images.get(image)
+        except Exception as exc:
+            if IN_CI:
+                pytest.fail(f"{image} was not built: {exc}")
+            pytest.skip("run `bash deploy/build.sh` first")
+    prefix, token = docker_instance_id("compose"), secrets.token_urlsafe(24)
+    ports = free_port(), free_port()
+    runtime = f"/tmp/egc-{secrets.token_hex(3)}"
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_TOKEN": token, "GATEWAY_RUNTIME_DIR": runtime,
+           "GATEWAY_INSTANCE_PREFIX": prefix, "GATEWAY_PORT_1": str(ports[0]),
+           "GATEWAY_PORT_2": str(ports[1])}
+    if os.environ.get("DOCKER_HOST"):
+        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    compose = [compose_tool(), "-p", prefix.lower().replace(".", "-")]
+    up = subprocess.run([*compose, "up", "-d", "--no-build"], capture_output=True, text=True,
+                        env=env, cwd=ROOT, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def healthy(url: str) -> bool:
+            try:
+                return httpx.get(f"{url}/readyz", headers=headers, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        for url in urls:
+            wait_until(lambda url=url: healthy(url), 90)
+        made = httpx.post(f"{urls[0]}/v1/sessions/demo/execute", headers=headers,
+                          json={"code": "x = 6 * 7"}, timeout=120)
+        assert made.json()["status"] == "ok", made.text
+        read = httpx.post(f"{urls[1]}/v1/sessions/demo/execute", headers=headers,
+                          json={"code": "x"}, timeout=120).json()
+        assert read["outputs"][0]["data"]["text/plain"] == "42", read
+        assert httpx.delete(f"{urls[1]}/v1/sessions/demo", headers=headers,
+                            timeout=60).status_code == 204
+    finally:
+        down = subprocess.run([*compose, "down", "-v", "--remove-orphans"], capture_output=True,
+                              text=True, env=env, cwd=ROOT, timeout=300)
+        for n in (1, 2):
+            subprocess.run(["docker", "rm", "-f", *_containers(f"{prefix}-{n}")],
+                           capture_output=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert down.returncode == 0, down.stderr
 
 
 def test_gateway_image_serves_a_request(docker_client, tmp_path) -> None:

@@ -45,3 +45,15 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
 
 def test_token_is_secret_in_repr() -> None:
     assert "hunter2hunter2" not in repr(Settings(token="hunter2hunter2"))
+
+
+def test_advertised_url_reaches_this_replica() -> None:
+    import socket
+
+    assert Settings(host="127.0.0.1", port=9000).advertised_url == "http://127.0.0.1:9000"
+    assert Settings(host="0.0.0.0", port=9000).advertised_url == (
+        f"http://{socket.gethostname()}:9000")
+    assert Settings(internal_url="http://gw-1:8888/").advertised_url == "http://gw-1:8888"
+    for bad in ("gw-1:8888", "ftp://gw-1", "http://gw-1/path", "http://gw 1"):
+        with pytest.raises(pydantic.ValidationError):
+            Settings(internal_url=bad)
