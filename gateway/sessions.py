@@ -299,7 +299,8 @@ class SessionManager:
                 task.cancel()
         await self.pool.close()
         if self.keep_kernels:
-            # a shared registry keeps the records; the next gateway process re-adopts them
+            # a shared registry keeps the records and the leases are given up: the next
+            # gateway process (or another replica, at its next call) takes the kernels over
             for session in list(self._sessions.values()):
                 if session.conn is not None:
                     session.conn.close()
@@ -307,6 +308,8 @@ class SessionManager:
                     session.watcher.cancel()
                 with contextlib.suppress(errors.GatewayError):
                     await self._save(session)
+                    await self.registry.release(session.owner, session.id,
+                                                self.settings.instance_id)
             log.info("left %d session kernels running for the next gateway process",
                      len(self._sessions))
         else:

@@ -7,6 +7,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -213,11 +214,11 @@ def docker_replicas(gateway_factory, redis_url: str, docker_client):
     run, token = secrets.token_hex(3), secrets.token_urlsafe(24)
     instances = {name: docker_instance_id(f"{name}{run}") for name in ("a", "b")}
 
-    def start(name: str) -> Gateway:
+    def start(name: str, lease_ttl_s: float = 2) -> Gateway:
         return gateway_factory(launcher="docker", registry_url=redis_url,
                                instance_id=instances[name], redis_key_prefix=f"rep{run}:",
                                runtime_dir=f"/tmp/egr-{name}{run}", token=token, pool_size=0,
-                               lease_ttl_s=2, lease_renew_s=0.5)
+                               lease_ttl_s=lease_ttl_s, lease_renew_s=0.5)
 
     yield start
     for instance in instances.values():
@@ -239,3 +240,16 @@ def test_a_replica_takes_over_a_crashed_replicas_kernel_with_its_variables(
     a_again = docker_replicas("a")
     assert a_again.execute("survivor", "x")["outputs"][0]["data"]["text/plain"] == "'kept'"
     assert b.execute("survivor", "x")["outputs"][0]["data"]["text/plain"] == "'kept'"
+
+
+def test_a_replica_stopping_gracefully_hands_its_sessions_over_at_once(docker_replicas) -> None:
+    """SIGTERM (a rolling upgrade): the kernels stay and the leases are given up, so the other
+    replica serves the session at its next call, without waiting out a (long) lease."""
+    a, b = docker_replicas("a", lease_ttl_s=120), docker_replicas("b", lease_ttl_s=120)
+    a.execute("rolling", "x = 'kept'")
+    a.stop(signal.SIGTERM)
+    started = time.monotonic()
+    after = b.execute("rolling", "x")
+    assert after["outputs"][0]["data"]["text/plain"] == "'kept'", after
+    assert after["state_preserved"] is True
+    assert time.monotonic() - started < 60  # far below the 120 s lease it did not wait for
