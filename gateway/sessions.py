@@ -347,8 +347,7 @@ class SessionManager:
         patience = self.settings.lease_ttl_s + self.settings.kernel_start_timeout_s
         deadline = time.monotonic() + patience
         while True:
-            record = await self.registry.get(owner, session_id)
-            holder = await self.registry.holder(owner, session_id)
+            record, holder = await self.registry.lookup(owner, session_id)
             if holder in (None, me):
                 if record is None and not create:
                     hint = "" if self.settings.create_on_execute else (

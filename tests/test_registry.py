@@ -98,6 +98,17 @@ async def test_claim_answers_per_key_in_order(registry: Registry) -> None:
     assert await registry.claim([], "gw-a", 5.0) == []
 
 
+async def test_lookup_gives_record_and_holder_together(registry: Registry) -> None:
+    assert await registry.lookup("alice", "s1") == (None, None)
+    await registry.claim([("alice", "s1")], "gw-a", 5.0)
+    assert await registry.lookup("alice", "s1") == (None, "gw-a")  # being created
+    rec = record("alice", "s1")
+    await registry.put(rec)
+    assert await registry.lookup("alice", "s1") == (rec, "gw-a")
+    await registry.release("alice", "s1", "gw-a")
+    assert await registry.lookup("alice", "s1") == (rec, None)  # its holder stopped
+
+
 async def test_release_only_by_the_holder(registry: Registry) -> None:
     key = ("alice", "s1")
     await registry.claim([key], "gw-a", 5.0)

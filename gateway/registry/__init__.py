@@ -72,6 +72,9 @@ class Registry(Protocol):
     async def holder(self, owner: str, session_id: str) -> str | None:
         """Who holds the session's lease now; None once it expired or was released."""
 
+    async def lookup(self, owner: str, session_id: str) -> tuple[SessionRecord | None, str | None]:
+        """The record and the lease holder together (one round trip): where to find it."""
+
     async def release(self, owner: str, session_id: str, holder: str) -> None:
         """Give the lease up, if ``holder`` still holds it."""
 

@@ -48,6 +48,9 @@ class MemoryRegistry:
             return None
         return lease[0]
 
+    async def lookup(self, owner: str, session_id: str) -> tuple[SessionRecord | None, str | None]:
+        return await self.get(owner, session_id), await self.holder(owner, session_id)
+
     async def release(self, owner: str, session_id: str, holder: str) -> None:
         if await self.holder(owner, session_id) == holder:
             del self._leases[(owner, session_id)]

@@ -132,6 +132,15 @@ class RedisRegistry:
             raise RegistryUnavailable("redis is not reachable") from exc
         return raw.decode() if isinstance(raw, bytes) else raw
 
+    async def lookup(self, owner: str, session_id: str) -> tuple[SessionRecord | None, str | None]:
+        try:
+            raw, lease = await self._redis.mget(self._key(owner, session_id),
+                                                self._lease(owner, session_id))
+        except (RedisError, OSError) as exc:
+            raise RegistryUnavailable("redis is not reachable") from exc
+        record = SessionRecord.model_validate_json(raw) if raw is not None else None
+        return record, lease.decode() if isinstance(lease, bytes) else lease
+
     async def release(self, owner: str, session_id: str, holder: str) -> None:
         try:
             await self._release(keys=[self._lease(owner, session_id)], args=[holder])
