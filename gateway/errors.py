@@ -97,6 +97,10 @@ class OwnerUnreachable(GatewayError):
     status, code = 503, "owner_unreachable"
 
 
+class SessionMoved(OwnerUnreachable):
+    """Another replica took the session over while a client was connected here."""
+
+
 class OwnerDown(OwnerUnreachable):
     """Internal: the owner replica refused the connection, so it never saw the call."""
 

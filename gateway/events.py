@@ -20,6 +20,20 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 Subscriber = Callable[[Event], None]
 
+# WebSocket close codes for a session's sockets (4000 + the HTTP status it stands for)
+CLOSE_SESSION_GONE = 4410  # the session was deleted
+CLOSE_RECONNECT = 4503  # its gateway went away, or another gateway serves it now: reconnect
+
+
+def close_for(event: Event) -> tuple[int, str] | None:
+    """The close a session event calls for on its sockets (it is the session's last event
+    here), or None."""
+    if event.get("type") == "moved":
+        return CLOSE_RECONNECT, "another gateway serves the session now; reconnect"
+    if event.get("type") == "status" and event.get("state") == "closed":
+        return CLOSE_SESSION_GONE, "session closed"
+    return None
+
 _MAX_TRACEBACK_LINES = 200
 _IOPUB_TYPES = {"stream", "display_data", "execute_result", "error", "clear_output",
                 "update_display_data"}

@@ -204,14 +204,14 @@ class SessionManager:
     async def start(self) -> None:
         """Check the launcher and clear its orphans. A launcher that is not ready yet (no
         engine, no image) is logged, not fatal: /readyz reports it until it is."""
+        if self._shared:  # first: restoring many kernels may take longer than a lease
+            self._renewer = asyncio.create_task(self._renew_forever())
         try:
             await self.launcher.check()
             await self._restore()
         except errors.LauncherUnavailable as exc:
             log.error("launcher not ready: %s", exc.message)
         self._reaper = asyncio.create_task(self._reap_forever())
-        if self._shared:
-            self._renewer = asyncio.create_task(self._renew_forever())
         self.pool.refill()
 
     async def _restore(self) -> None:
@@ -225,15 +225,15 @@ class SessionManager:
         records = await self.registry.list()
         mine = [r for r in records if r.gateway_id == self.settings.instance_id]
         granted = await self._claim([(r.owner, r.session_id) for r in mine])
+        # registered at once (not ready yet): the renewer keeps their leases from here on
+        restoring = [self._session_from(r) for r, ok in zip(mine, granted, strict=True) if ok]
+        for session in restoring:
+            self._register(session)
         handles = [r.handle for r in records if r.handle is not None]
         alive = {h.ref for h in await self.launcher.adopt(handles)}
-        for record, ok in zip(mine, granted, strict=True):
-            if not ok:
-                continue
-            session = self._session_from(record)
-            self._register(session)
-            if record.handle is not None and record.handle.ref in alive:
-                await self._reconnect(session, record.handle)
+        for session in restoring:
+            if session.handle is not None and session.handle.ref in alive:
+                await self._reconnect(session, session.handle)
             else:
                 self._mark_vanished(session)
             session.ready.set_result(None)
@@ -300,8 +300,12 @@ class SessionManager:
         await self.pool.close()
         if self.keep_kernels:
             # a shared registry keeps the records and the leases are given up: the next
-            # gateway process (or another replica, at its next call) takes the kernels over
-            for session in list(self._sessions.values()):
+            # gateway process (or another replica, at its next call) takes the kernels over.
+            # Calls still running get ShuttingDown (their cells run on); none restarts a kernel.
+            handed_off = list(self._sessions.values())
+            self._sessions.clear()
+            self._by_kernel.clear()
+            for session in handed_off:
                 if session.conn is not None:
                     session.conn.close()
                 if session.watcher is not None:
@@ -311,7 +315,7 @@ class SessionManager:
                     await self.registry.release(session.owner, session.id,
                                                 self.settings.instance_id)
             log.info("left %d session kernels running for the next gateway process",
-                     len(self._sessions))
+                     len(handed_off))
         else:
             await asyncio.gather(
                 *(self._discard(s, remove_files=False) for s in list(self._sessions.values())),
@@ -398,19 +402,25 @@ class SessionManager:
         session = self._session_from(record)
         self._register(session)
         try:
+            await self._save(session)  # names this gateway before it touches the kernel
             if record.handle is not None and await self.launcher.attach(record.handle):
                 await self._reconnect(session, record.handle)
             else:
                 # out of reach (another host): not ours to claim, so its gateway removes it
                 session.handle = None
                 self._mark_vanished(session)
-        except errors.GatewayError as exc:  # the launcher cannot tell now: try again later
+        except BaseException as exc:  # the launcher cannot tell now: try again later
             self._unregister(session)
             with contextlib.suppress(errors.GatewayError):
                 await self.registry.release(record.owner, record.session_id,
                                             self.settings.instance_id)
-            session.ready.set_exception(exc)
+            failure = exc if isinstance(exc, errors.GatewayError) else errors.KernelStartFailed(
+                f"could not take session {record.session_id!r} over: {type(exc).__name__}")
+            session.ready.set_exception(failure)
             session.ready.exception()  # mark retrieved
+            if isinstance(exc, Exception) and not isinstance(exc, errors.GatewayError):
+                log.error("takeover failed session_id=%s", record.session_id, exc_info=exc)
+                raise failure from exc
             raise
         session.ready.set_result(None)
         self.metrics.sessions.set(len(self._sessions))
@@ -424,13 +434,16 @@ class SessionManager:
         time): stop serving it; stop its kernel unless the other replica adopted it."""
         log.warning("lost the lease of session_id=%s to another gateway", session.id)
         self._unregister(session)
+        record: SessionRecord | None = None
         with contextlib.suppress(errors.GatewayError):
             record = await self.registry.get(session.owner, session.id)
-            if (record is not None and record.gateway_id != self.settings.instance_id
-                    and record.handle is not None and session.handle is not None
-                    and record.handle.ref == session.handle.ref):
-                session.handle = None  # they adopted the kernel: only let go of it
+        ours = session.handle.ref if session.handle is not None else None
+        theirs = record.handle.ref if record is not None and record.handle is not None else None
+        if record is not None and (record.gateway_id == self.settings.instance_id
+                                   or theirs == ours):
+            session.handle = None  # adopted, or being taken over: only let go of it
         await self._stop_kernel(session)
+        session.events.publish({"type": "moved"})  # its sockets close with 4503: reconnect
         session.set_state(SessionState.closed)
         self.metrics.sessions.set(len(self._sessions))
 
@@ -450,9 +463,12 @@ class SessionManager:
         renewed = time.monotonic()
         granted = await self._claim([(s.owner, s.id) for s in sessions])
         for session, ok in zip(sessions, granted, strict=True):
-            if self._sessions.get((session.owner, session.id)) is not session:
+            current = self._sessions.get((session.owner, session.id))
+            if current is None:
                 # closed meanwhile: do not leave a renewed lease behind its deleted record
                 await self.registry.release(session.owner, session.id, self.settings.instance_id)
+            elif current is not session:  # deleted and made again meanwhile: it holds the lease
+                current.lease_until = renewed + self.settings.lease_ttl_s
             elif ok:
                 session.lease_until = renewed + self.settings.lease_ttl_s
             else:
@@ -515,6 +531,8 @@ class SessionManager:
         Raises SessionNotFound once the session is closed."""
         if session.closed:
             raise errors.SessionNotFound(f"session {session.id!r} was deleted")
+        if not await self._holds(session):
+            raise errors.SessionMoved(f"session {session.id!r} is served by another gateway now")
         if session.conn is None or session.conn.dead:
             async with self._turn(session):
                 if session.closed:
@@ -626,8 +644,8 @@ class SessionManager:
 
     async def delete(self, owner: str, session_id: str) -> None:
         session = self._sessions.get((owner, check_session_id(session_id)))
-        if session is None:  # forwards, takes over, or raises SessionNotFound
-            session = await self._locate(owner, session_id)
+        if session is None or not await self._holds(session):
+            session = await self._locate(owner, session_id)  # forwards, takes over, or 404
         with contextlib.suppress(errors.GatewayError):
             await self._ready(session)
         await self._discard(session, remove_files=True)
@@ -637,10 +655,12 @@ class SessionManager:
         session.set_state(SessionState.closed)
         self.metrics.sessions.set(len(self._sessions))
         handle = session.handle
-        await self._stop_kernel(session)
-        if remove_files and handle is not None:
-            await self.launcher.remove_workspace(handle)
-        await self.registry.delete(session.owner, session.id)
+        try:  # the record first, lease still held: no replica (nor our reaper) takes it over
+            await self.registry.delete(session.owner, session.id)
+        finally:
+            await self._stop_kernel(session)
+            if remove_files and handle is not None:
+                await self.launcher.remove_workspace(handle)
         await self.registry.release(session.owner, session.id, self.settings.instance_id)
         self.pool.refill()
         log.info("session closed session_id=%s", session.id)
@@ -695,6 +715,8 @@ class SessionManager:
             await self.launcher.terminate(handle, self.settings.shutdown_grace_s)
 
     async def _replace_kernel(self, session: Session) -> None:
+        if self._closing:  # a kept kernel is the next gateway process's to restart
+            raise errors.ShuttingDown("the gateway is shutting down; retry the call")
         session.set_state(SessionState.restarting)
         await self._stop_kernel(session)
         try:
@@ -813,6 +835,8 @@ class SessionManager:
         request_id: str,
         interactive: bool,
     ) -> ExecuteResult:
+        if self._closing:  # no new cell starts now: the next gateway process serves it
+            raise errors.ShuttingDown("the gateway is shutting down; retry the call")
         preserved = True
         if session.conn is None or session.conn.dead:
             await self._replace_kernel(session)
@@ -855,6 +879,9 @@ class SessionManager:
                 status = ExecuteStatus.timeout
                 preserved = preserved and reply is not None
         except KernelDied:
+            if self._closing and self.keep_kernels:  # the kernel lives on, for the next process
+                raise errors.ShuttingDown(
+                    "the gateway is shutting down; the cell runs on in the session") from None
             info = session.exit_info
             status = (ExecuteStatus.memory_exceeded if info and info.oom_killed
                       else ExecuteStatus.dead)

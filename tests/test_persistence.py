@@ -253,3 +253,33 @@ def test_a_replica_stopping_gracefully_hands_its_sessions_over_at_once(docker_re
     assert after["outputs"][0]["data"]["text/plain"] == "'kept'", after
     assert after["state_preserved"] is True
     assert time.monotonic() - started < 60  # far below the 120 s lease it did not wait for
+
+
+def test_stopping_with_calls_in_flight_keeps_the_kernel_and_says_so(docker_replicas) -> None:
+    """SIGTERM while one call runs and another waits: neither restarts the kept kernel (that
+    would stop its container); they hear 503 shutting_down, and B takes the session over."""
+    import concurrent.futures
+
+    import httpx
+
+    a, b = docker_replicas("a", lease_ttl_s=120), docker_replicas("b", lease_ttl_s=120)
+    a.execute("inflight", "x = 'kept'")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(a.client().post, "/v1/sessions/inflight/execute",
+                              json={"code": "import time; time.sleep(3)"})
+        wait_until(lambda: a.http.get("/v1/sessions/inflight").json()["state"] == "busy", 10)
+        queued = pool.submit(a.client().post, "/v1/sessions/inflight/execute",
+                             json={"code": "x = 'overwritten'"})
+        wait_until(lambda: a.http.get("/v1/sessions/inflight").json()["queued"] == 1, 10)
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(60) == 0
+        for call in (running, queued):
+            try:
+                r = call.result(30)
+            except httpx.HTTPError:
+                continue  # the connection closed with the process: fine, nothing was claimed
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "shutting_down"
+    after = b.execute("inflight", "x")
+    assert after["outputs"][0]["data"]["text/plain"] == "'kept'", after
+    assert after["state_preserved"] is True

@@ -205,3 +205,12 @@ def test_gateway_uses_redis_over_tls(gateway_factory: Any, tls_redis: dict[str, 
     assert ready.status_code == 200 and ready.json()["checks"]["registry"] == "ok", ready.text
     assert gw.execute("over-tls", "1 + 1")["outputs"][0]["data"]["text/plain"] == "2"
     assert tls_redis["password"] not in gw.log()
+
+
+async def test_memory_registry_keeps_no_expired_lease_after_release() -> None:
+    reg = MemoryRegistry()
+    await reg.claim([("alice", f"s{n}") for n in range(100)], "gw-a", 0.05)
+    await asyncio.sleep(0.1)
+    for n in range(100):
+        await reg.release("alice", f"s{n}", "gw-a")  # expired meanwhile: still dropped
+    assert not reg._leases

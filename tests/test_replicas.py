@@ -226,3 +226,17 @@ def test_concurrent_first_calls_open_one_session(gateway_factory, redis_url: str
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert sorted(pool.map(create, range(4))) == [201, 409, 409, 409]
     assert len(kernels_of(gw)) == 2
+
+
+def test_a_delete_is_not_undone_by_the_reaper(gateway_factory, redis_url: str) -> None:
+    """The kernel takes its grace period to stop (it ignores SIGTERM); reaper passes run
+    meanwhile and must not take the half-deleted session over again."""
+    gw = gateway_factory(registry_url=redis_url, redis_key_prefix=f"del-{secrets.token_hex(3)}:",
+                         pool_size=0, shutdown_grace_s=2, reap_interval_s=0.2, **LEASE)
+    gw.execute("gone", "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    assert gw.http.delete("/v1/sessions/gone").status_code == 204
+    time.sleep(1)  # a few more reaper passes
+    assert gw.http.get("/v1/sessions/gone").status_code == 404
+    assert "gone" not in [s["id"] for s in gw.http.get("/v1/sessions").json()["sessions"]]
+    assert "taken over" not in gw.log()
+    assert not kernels_of(gw)

@@ -4,9 +4,14 @@ its Jupyter REST calls work through any replica, relayed to the one that owns th
 from __future__ import annotations
 
 import asyncio
+import base64
+import concurrent.futures
 import json
+import os
 import secrets
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -240,3 +245,30 @@ async def test_sockets_to_b_for_a_session_whose_owner_died_open_once_its_lease_e
     reply, iopub = await ks.execute("1 + 1")
     assert reply["content"]["status"] == "ok"
     assert of_type(iopub, "execute_result")[0]["data"]["text/plain"] == "2"
+
+
+def test_a_client_gone_before_the_relay_opened_leaves_nothing_behind(
+    gateway_factory: Callable[..., Gateway], redis_url: str
+) -> None:
+    """The client hangs up while B still waits for A (here: A starting the session): B must
+    not keep the socket it opened to A, which would pin the session (never idle-reaped)."""
+    a, b = start_replicas(gateway_factory, redis_url, idle_timeout_s=2, reap_interval_s=0.3)
+    a_port, b_port = (int(gw.url.rsplit(":", 1)[1]) for gw in (a, b))
+
+    def relayed() -> int:  # B's established connections to A
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :{a_port} )"],
+                             capture_output=True, text=True, check=True).stdout
+        return sum(1 for line in out.splitlines() if f"pid={b.proc.pid}," in line)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        creating = pool.submit(a.client().post, "/v1/sessions", json={"session_id": "left"})
+        wait_until(lambda: "left" in a.log(), 10)  # A is starting the session's kernel
+        with socket.create_connection(("127.0.0.1", b_port)) as s:
+            s.sendall(("GET /v1/sessions/left/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                       f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+                       f"Authorization: Bearer {b.token}\r\n\r\n").encode())
+            time.sleep(0.1)  # B is now waiting for A; the client hangs up
+        assert creating.result(60).status_code == 201
+    wait_until(lambda: a.http.get("/v1/sessions/left").status_code == 404, 20)  # reaped
+    assert relayed() == 0

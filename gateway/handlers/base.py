@@ -223,7 +223,7 @@ class ApiHandler(GatewayHandler):
             response = await httpclient.AsyncHTTPClient().fetch(
                 base_url + self.request.uri, method=self.request.method, headers=headers,
                 body=body, raise_error=False, allow_nonstandard_methods=True,
-                request_timeout=settings.max_timeout_s + settings.kernel_start_timeout_s + 30,
+                request_timeout=forward_timeout_s(settings),
             )
         except ConnectionRefusedError as exc:  # it never saw the call: safe to try again
             raise errors.OwnerDown("the gateway that owns this session is down") from exc
@@ -251,6 +251,15 @@ class ApiHandler(GatewayHandler):
         self.finish()
 
 Method = Callable[..., Awaitable[None]]
+
+
+def forward_timeout_s(settings: Settings) -> float:
+    """How long a forwarded call may take: it may wait behind a full queue of the longest
+    calls at the owner, each with its timeout ladder and a kernel restart. Giving up sooner
+    would answer 503 for a call the owner still runs."""
+    per_call = (settings.max_timeout_s + 2 * settings.interrupt_grace_s
+                + settings.shutdown_grace_s + settings.kernel_start_timeout_s)
+    return (settings.max_queue_per_session + 1) * per_call + settings.kernel_start_timeout_s
 
 
 def forwardable(method: Method) -> Method:

@@ -14,7 +14,7 @@ from typing import Any
 from tornado import websocket
 
 from gateway import __version__, errors
-from gateway.events import Event
+from gateway.events import CLOSE_RECONNECT, CLOSE_SESSION_GONE, Event, close_for
 from gateway.handlers.base import ApiHandler, GatewayHandler, Services, forwardable
 from gateway.handlers.relay import Relay
 from gateway.handlers.ws import refuse_foreign_origin
@@ -35,7 +35,6 @@ from gateway.sessions import Session
 log = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 4429
-CLOSE_KERNEL_GONE = 4410
 
 
 def model_of(session: Session) -> dict[str, Any]:
@@ -118,6 +117,7 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         self._client_session = ""
         self._backlog = 0
         self._relay: Relay | None = None  # set when another replica owns the kernel
+        self._gone = False  # the client left (on_close ran), maybe before the upgrade
 
     async def prepare(self) -> None:
         self.authenticate()
@@ -129,6 +129,8 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         async def relay(url: str) -> None:
             refuse_foreign_origin(self)  # before any connection is made on the client's behalf
             self._relay = await Relay.open(self, self.services.settings, url)
+            if self._gone:  # it left while the owner was being reached: nothing to relay
+                self._relay.close()
 
         await self.serve_or_forward(find, relay)
         self._client_session = self.get_query_argument("session_id", "")[:128]
@@ -152,7 +154,7 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         self.set_nodelay(True)
         self._v1 = self.selected_subprotocol == V1_PROTOCOL
         if self.session.state == SessionState.closed:  # deleted during the handshake
-            self.close(CLOSE_KERNEL_GONE, "kernel deleted")
+            self.close(CLOSE_SESSION_GONE, "kernel deleted")
             return
         parked = self.session.parked.pop(self._client_session, None)
         for msg in parked or ():
@@ -165,9 +167,10 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         self._send(msg, "iopub")
 
     def _on_event(self, event: Event) -> None:
-        """Session events; only the last one matters here: the session was deleted."""
-        if event.get("type") == "status" and event.get("state") == SessionState.closed.value:
-            self.close(CLOSE_KERNEL_GONE, "kernel deleted")
+        """Session events; only the last one matters here (deleted, or moved elsewhere)."""
+        closing = close_for(event)
+        if closing is not None:
+            self.close(*closing)
 
     def _on_reply(self, channel: str, msg: Message) -> None:
         if channel == "iopub":
@@ -209,10 +212,14 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
             return
         if self.session.state == SessionState.closed:
             # never let a client's message start a kernel for a deleted session
-            self.close(CLOSE_KERNEL_GONE, "kernel deleted")
+            self.close(CLOSE_SESSION_GONE, "kernel deleted")
             return
         try:
             conn = await self.services.manager.live_connection(self.session)
+        except (errors.OwnerUnreachable, errors.RegistryUnavailable) as exc:
+            # not served here any more, or cannot tell: the client reconnects (and is relayed)
+            self.close(CLOSE_RECONNECT, exc.message[:100])
+            return
         except errors.GatewayError as exc:
             log.info("cannot reach kernel kernel_id=%s: %s", self.session.kernel_id, exc.message)
             return
@@ -226,6 +233,7 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
             self._relay.close()  # tornado refused the upgrade after prepare()
 
     def on_close(self) -> None:
+        self._gone = True
         if self._relay is not None:
             self._relay.close()
         session = getattr(self, "session", None)

@@ -16,6 +16,7 @@ import pydantic
 from tornado import httpclient, websocket
 
 from gateway import errors
+from gateway.events import CLOSE_RECONNECT
 from gateway.handlers.base import FORWARDED_HEADER
 from gateway.models import ErrorBody
 from gateway.settings import Settings
@@ -26,9 +27,6 @@ CONNECT_TIMEOUT_S = 5.0
 # The owner's frames pass through whole: it already bounds what it sends (kernel output with
 # Jupyter buffers can be large). This only stops a broken peer from exhausting memory here.
 MAX_RELAYED_MESSAGE_BYTES = 128 * 1024 * 1024
-# Sent to the client when the owner's socket ends without a close code (it crashed, or the
-# network failed): 4000 + 503, owner unreachable; the client may reconnect.
-CLOSE_OWNER_LOST = 4503
 
 
 class OwnerRefused(errors.GatewayError):
@@ -116,10 +114,11 @@ class Relay:
             while (message := await upstream.read_message()) is not None:
                 await self._client.write_message(message, binary=isinstance(message, bytes))
         except websocket.WebSocketClosedError:
-            return  # the client went away: its on_close closes the owner's side
+            self.close()  # the client went away (its on_close does the same)
+            return
         code = _sendable(upstream.close_code)
         if code is None:
-            self._client.close(CLOSE_OWNER_LOST, "lost the gateway that owns this session")
+            self._client.close(CLOSE_RECONNECT, "lost the gateway that owns this session")
         else:
             self._client.close(code, upstream.close_reason)
 

@@ -22,7 +22,7 @@ import pydantic
 from tornado import web, websocket
 
 from gateway import errors
-from gateway.events import Event
+from gateway.events import CLOSE_SESSION_GONE, Event, close_for
 from gateway.handlers.base import GatewayHandler, Services, validation_error
 from gateway.handlers.relay import Relay
 from gateway.models import (
@@ -36,7 +36,6 @@ from gateway.sessions import Session
 
 log = logging.getLogger(__name__)
 
-CLOSE_SESSION_GONE = 4410
 
 
 class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
@@ -50,6 +49,7 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         self._since: int | None = None
         self._limit = 0
         self._relay: Relay | None = None  # set when another replica owns the session
+        self._gone = False  # the client left (on_close ran), maybe before the upgrade
 
     async def prepare(self) -> None:
         # Everything that can fail does so here, before the upgrade, as a JSON HTTP error.
@@ -70,6 +70,8 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
 
         async def relay(url: str) -> None:
             self._relay = await Relay.open(self, self.services.settings, url)
+            if self._gone:  # it left while the owner was being reached: nothing to relay
+                self._relay.close()
 
         await self.serve_or_forward(attach, relay)
 
@@ -108,7 +110,7 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
         """Queue ``event`` for this client: at most ws_client_queue events (beyond the replay
         it connected with), one folded stream event and one ``dropped`` notice."""
         queue = self._queue
-        if len(queue) < self._limit or _is_close(event):
+        if len(queue) < self._limit or close_for(event):
             queue.append(event)
         elif not self._fold(event):
             self._drop(event)
@@ -160,15 +162,15 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
                 self._wake.clear()
                 while self._queue:
                     writes = []
-                    closing = False
+                    closing = None
                     while self._queue and not closing:
                         event = _wire(self._queue.popleft())
                         self._limit = max(self._limit - 1, base)  # the replay drains away
                         writes.append(self.write_message(json.dumps(event)))
-                        closing = _is_close(event)
+                        closing = close_for(event)
                     await asyncio.gather(*writes)  # (retrieves every write's error)
                     if closing:
-                        self.close(CLOSE_SESSION_GONE, "session closed")
+                        self.close(*closing)
                         return
         except websocket.WebSocketClosedError:
             return
@@ -220,6 +222,7 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
             self._relay.close()  # tornado refused the upgrade after prepare()
 
     def on_close(self) -> None:
+        self._gone = True
         if self._relay is not None:
             self._relay.close()
         session = getattr(self, "session", None)
@@ -240,11 +243,6 @@ def refuse_foreign_origin(handler: websocket.WebSocketHandler) -> None:
     if not (same_host or handler.check_origin(origin)):
         raise web.HTTPError(403, f"origin {origin[:200]!r} is not allowed here "
                             "(allowed_origins)", reason="Forbidden")
-
-
-def _is_close(event: Event) -> bool:
-    """The session's last event: always delivered, then the socket closes."""
-    return event.get("type") == "status" and event.get("state") == "closed"
 
 
 def _wire(event: Event) -> Event:

@@ -473,11 +473,17 @@ class DockerLauncher:
         return alive
 
     async def attach(self, handle: KernelHandle) -> bool:
-        """Running on this engine, with its socket directory on this host."""
-        await self._ready()
-        state = await self._state(handle.ref)
-        reachable = await asyncio.to_thread(Path(handle.socket_dir).is_dir)
-        return bool(state and state.get("Running")) and reachable
+        """Running on this engine, with its socket directory on this host. Raises
+        LauncherUnavailable when the engine does not answer (it cannot tell)."""
+        client = await self._ready()
+        try:
+            attrs = await asyncio.to_thread(client.api.inspect_container, handle.ref)
+        except docker.errors.NotFound:
+            return False
+        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            raise LauncherUnavailable(f"cannot inspect container: {exc}") from exc
+        running = bool((attrs.get("State") or {}).get("Running"))
+        return running and await asyncio.to_thread(Path(handle.socket_dir).is_dir)
 
     async def close(self) -> None:
         self._stopping.set()

@@ -52,8 +52,9 @@ class MemoryRegistry:
         return await self.get(owner, session_id), await self.holder(owner, session_id)
 
     async def release(self, owner: str, session_id: str, holder: str) -> None:
-        if await self.holder(owner, session_id) == holder:
-            del self._leases[(owner, session_id)]
+        lease = self._leases.get((owner, session_id))
+        if lease is not None and (lease[0] == holder or lease[1] <= time.monotonic()):
+            del self._leases[(owner, session_id)]  # (an expired one too: nothing is kept)
 
     async def close(self) -> None:
         self._records.clear()
