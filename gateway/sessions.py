@@ -434,18 +434,30 @@ class SessionManager:
         time): stop serving it; stop its kernel unless the other replica adopted it."""
         log.warning("lost the lease of session_id=%s to another gateway", session.id)
         self._unregister(session)
-        record: SessionRecord | None = None
-        with contextlib.suppress(errors.GatewayError):
-            record = await self.registry.get(session.owner, session.id)
-        ours = session.handle.ref if session.handle is not None else None
-        theirs = record.handle.ref if record is not None and record.handle is not None else None
-        if record is not None and (record.gateway_id == self.settings.instance_id
-                                   or theirs == ours):
-            session.handle = None  # adopted, or being taken over: only let go of it
+        if await self._adopted_elsewhere(session):
+            session.handle = None  # theirs now: only let go of it
         await self._stop_kernel(session)
         session.events.publish({"type": "moved"})  # its sockets close with 4503: reconnect
         session.set_state(SessionState.closed)
         self.metrics.sessions.set(len(self._sessions))
+
+    async def _adopted_elsewhere(self, session: Session) -> bool:
+        """Whether the replica that took ``session`` over uses its kernel. A takeover names
+        itself in the record before it touches the kernel: a record still naming this
+        replica is read again one renewal later before the kernel counts as nobody's."""
+        ours = session.handle.ref if session.handle is not None else None
+        for attempt in range(2):
+            try:
+                record = await self.registry.get(session.owner, session.id)
+            except errors.GatewayError:
+                return True  # cannot tell: never stop a kernel another replica may use
+            if record is None:
+                return False
+            if record.gateway_id != self.settings.instance_id:
+                return record.handle is not None and record.handle.ref == ours
+            if attempt == 0:
+                await asyncio.sleep(self.settings.lease_renew_s)
+        return False
 
     async def _renew_forever(self) -> None:
         """Renew the leases of every session served here, in one registry call a round."""
