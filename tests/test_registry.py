@@ -80,15 +80,15 @@ async def test_ping_reports_unreachable_redis() -> None:
 
 async def test_a_lease_has_one_holder_until_it_expires(registry: Registry) -> None:
     key = ("alice", "s1")
-    assert await registry.holder(*key) is None
+    assert (await registry.lookup(*key))[1] is None
     assert await registry.claim([key], "gw-a", 0.3) == [True]
-    assert await registry.holder(*key) == "gw-a"
+    assert (await registry.lookup(*key))[1] == "gw-a"
     assert await registry.claim([key], "gw-b", 5.0) == [False]  # held: not B's to take
     assert await registry.claim([key], "gw-a", 0.3) == [True]  # renewal
     await asyncio.sleep(0.5)  # not renewed: expired
-    assert await registry.holder(*key) is None
+    assert (await registry.lookup(*key))[1] is None
     assert await registry.claim([key], "gw-b", 5.0) == [True]
-    assert await registry.holder(*key) == "gw-b"
+    assert (await registry.lookup(*key))[1] == "gw-b"
 
 
 async def test_claim_answers_per_key_in_order(registry: Registry) -> None:
@@ -113,9 +113,9 @@ async def test_release_only_by_the_holder(registry: Registry) -> None:
     key = ("alice", "s1")
     await registry.claim([key], "gw-a", 5.0)
     await registry.release(*key, "gw-b")
-    assert await registry.holder(*key) == "gw-a"
+    assert (await registry.lookup(*key))[1] == "gw-a"
     await registry.release(*key, "gw-a")
-    assert await registry.holder(*key) is None
+    assert (await registry.lookup(*key))[1] is None
     await registry.release(*key, "gw-a")  # idempotent
 
 

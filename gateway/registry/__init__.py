@@ -69,11 +69,9 @@ class Registry(Protocol):
         """Take or renew the lease of each (owner, session_id) for ``ttl_s``: granted if it is
         free or already ``holder``'s. One answer per key, in order (one round trip)."""
 
-    async def holder(self, owner: str, session_id: str) -> str | None:
-        """Who holds the session's lease now; None once it expired or was released."""
-
     async def lookup(self, owner: str, session_id: str) -> tuple[SessionRecord | None, str | None]:
-        """The record and the lease holder together (one round trip): where to find it."""
+        """The record and who holds the session's lease now (None once it expired or was
+        released), in one round trip: where to find the session."""
 
     async def release(self, owner: str, session_id: str, holder: str) -> None:
         """Give the lease up, if ``holder`` still holds it."""

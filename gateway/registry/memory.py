@@ -36,20 +36,20 @@ class MemoryRegistry:
     ) -> builtins.list[bool]:
         granted = []
         for key in keys:
-            ok = await self.holder(*key) in (None, holder)
+            ok = self._holder(key) in (None, holder)
             if ok:
                 self._leases[key] = (holder, time.monotonic() + ttl_s)
             granted.append(ok)
         return granted
 
-    async def holder(self, owner: str, session_id: str) -> str | None:
-        lease = self._leases.get((owner, session_id))
+    def _holder(self, key: SessionKey) -> str | None:
+        lease = self._leases.get(key)
         if lease is None or lease[1] <= time.monotonic():
             return None
         return lease[0]
 
     async def lookup(self, owner: str, session_id: str) -> tuple[SessionRecord | None, str | None]:
-        return await self.get(owner, session_id), await self.holder(owner, session_id)
+        return await self.get(owner, session_id), self._holder((owner, session_id))
 
     async def release(self, owner: str, session_id: str, holder: str) -> None:
         lease = self._leases.get((owner, session_id))

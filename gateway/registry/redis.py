@@ -125,13 +125,6 @@ class RedisRegistry:
             raise RegistryUnavailable("redis is not reachable") from exc
         return [bool(g) for g in granted]
 
-    async def holder(self, owner: str, session_id: str) -> str | None:
-        try:
-            raw = await self._redis.get(self._lease(owner, session_id))
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
-        return raw.decode() if isinstance(raw, bytes) else raw
-
     async def lookup(self, owner: str, session_id: str) -> tuple[SessionRecord | None, str | None]:
         try:
             raw, lease = await self._redis.mget(self._key(owner, session_id),
