@@ -69,6 +69,10 @@ class QueueFull(GatewayError):
     status, code = 429, "queue_full"
 
 
+class QueueTimeout(GatewayError):
+    status, code = 429, "queue_timeout"
+
+
 class KeyCapacityExceeded(GatewayError):
     status, code = 429, "key_session_limit"
 

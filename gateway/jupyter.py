@@ -172,12 +172,17 @@ def _checked(channel: Any, body: dict[str, Any], buffers: list[bytes]) -> tuple[
     return channel, msg
 
 
-def status_message(state: str) -> Message:
-    """An iopub status message made by the gateway (restarting/dead), as a kernel would send."""
+def gateway_message(msg_type: str, content: dict[str, Any],
+                    parent_header: dict[str, Any] | None = None) -> Message:
+    """A message the gateway itself sends a Jupyter client, shaped as a kernel's."""
     msg_id = uuid.uuid4().hex
-    header = {"msg_id": msg_id, "msg_type": "status", "username": "gateway",
+    header = {"msg_id": msg_id, "msg_type": msg_type, "username": "gateway",
               "session": "exec-gateway", "date": datetime.now(UTC).isoformat(),
               "version": "5.3"}
-    return {"header": header, "parent_header": {}, "metadata": {},
-            "content": {"execution_state": state}, "buffers": [],
-            "msg_id": msg_id, "msg_type": "status"}
+    return {"header": header, "parent_header": parent_header or {}, "metadata": {},
+            "content": content, "buffers": [], "msg_id": msg_id, "msg_type": msg_type}
+
+
+def status_message(state: str) -> Message:
+    """An iopub status made by the gateway (starting/restarting/dead), as a kernel would send."""
+    return gateway_message("status", {"execution_state": state})

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,9 +38,12 @@ class StartedKernel:
 
 
 async def boot_kernel(
-    launcher: Launcher, spec: LaunchSpec, context: zmq.asyncio.Context, timeout_s: float
+    launcher: Launcher, spec: LaunchSpec, context: zmq.asyncio.Context, metrics: Metrics,
+    timeout_s: float,
 ) -> StartedKernel:
-    """Launch a kernel and wait until it answers. Raises KernelStartFailed."""
+    """Launch a kernel and wait until it answers, counted in the kernel start metrics (pooled
+    or not). Raises KernelStartFailed."""
+    started = time.perf_counter()
     handle = await launcher.launch(spec)
     conn = KernelConnection(handle.connection, context)
     exited = asyncio.ensure_future(launcher.wait_exit(handle))
@@ -52,6 +56,8 @@ async def boot_kernel(
         if isinstance(exc, (KernelDied, KernelTimeout)):
             raise errors.KernelStartFailed(f"the kernel did not start: {exc}") from exc
         raise
+    metrics.kernel_starts.labels(launcher.name).inc()
+    metrics.kernel_start_seconds.observe(time.perf_counter() - started)
     return StartedKernel(handle, conn, exited)
 
 
@@ -125,7 +131,7 @@ class KernelPool:
             spec = LaunchSpec(session_id="pool", kernel_id=str(uuid.uuid4()), owner="",
                               limits=self.settings.default_limits)
             try:
-                kernel = await boot_kernel(self.launcher, spec, self.context,
+                kernel = await boot_kernel(self.launcher, spec, self.context, self.metrics,
                                            self.settings.kernel_start_timeout_s)
             except errors.GatewayError as exc:
                 failures += 1

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     max_sessions: int = Field(64, ge=1)
     max_sessions_per_key: int = Field(16, ge=1)
     max_queue_per_session: int = Field(16, ge=0)  # waiting calls beyond the running one → 429
+    # longest a REST or /v1 WebSocket call waits for its turn behind other cells → 429
+    max_queue_wait_s: float = Field(600.0, gt=0, allow_inf_nan=False)
     idle_timeout_s: float = Field(1800.0, ge=0)  # 0 = never reap idle sessions
     max_lifetime_s: float = Field(0.0, ge=0)  # 0 = no lifetime cap
     reap_interval_s: float = Field(30.0, gt=0)
@@ -80,6 +82,7 @@ class Settings(BaseSettings):
     max_timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False)
     interrupt_grace_s: float = Field(2.0, gt=0)  # after interrupt, before restart
     kernel_start_timeout_s: float = Field(30.0, gt=0)
+    reconnect_timeout_s: float = Field(5.0, gt=0)  # re-adopting a running kernel at start-up
     shutdown_grace_s: float = Field(2.0, ge=0)  # SIGTERM → SIGKILL
     max_code_bytes: int = Field(1_000_000, ge=1)
     max_request_bytes: int = Field(2_000_000, ge=1024)

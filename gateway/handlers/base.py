@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
@@ -19,7 +18,7 @@ from gateway.launchers import Launcher
 from gateway.metrics import Metrics
 from gateway.models import ErrorBody, ErrorDetail
 from gateway.registry import Registry
-from gateway.sessions import SessionManager
+from gateway.sessions import Here, Session, SessionManager, There
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,28 +91,30 @@ class GatewayHandler(web.RequestHandler):
             )
 
     async def serve_or_forward(
-        self, serve: Callable[[], Awaitable[None]], forward: Callable[[str], Awaitable[None]]
+        self, session_id: str, serve: Callable[[Session], Awaitable[None]],
+        forward: Callable[[str], Awaitable[None]], *, open_if_absent: bool = False,
     ) -> None:
-        """``serve()``; if another replica serves the session, ``forward(url)`` instead (never
-        twice: a forwarded call is not forwarded again). When that replica is down, the call
-        waits for its lease to expire and is served here (the manager takes the session over)."""
-        manager, settings = self.services.manager, self.services.settings
-        deadline = time.monotonic() + settings.lease_ttl_s + settings.lease_renew_s
+        """``serve(session)`` if the session is served here, else ``forward(url)`` to the
+        replica that serves it (never twice: a forwarded call is not forwarded again). When
+        that replica is down, the call waits for its lease to expire and is served here (the
+        manager takes the session over), all within one deadline the manager sets."""
+        manager = self.services.manager
+        deadline: float | None = None
         while True:
-            try:
-                await serve()
-                return
-            except errors.Forward as exc:
-                if self.request.headers.get(FORWARDED_HEADER):
-                    raise errors.OwnerUnreachable(
-                        "the session moved while the call was forwarded") from None
-                try:
-                    await forward(exc.url)
+            match await manager.locate(self.owner, session_id, open_if_absent=open_if_absent,
+                                       deadline=deadline):
+                case Here(session):
+                    await serve(session)
                     return
-                except errors.OwnerDown:
-                    if time.monotonic() > deadline:  # down, yet renewing: a wrong internal_url?
-                        raise
-                    manager.owner_down(exc.url)  # then ask the registry again
+                case There(url, deadline):
+                    if self.request.headers.get(FORWARDED_HEADER):
+                        raise errors.OwnerUnreachable(
+                            "the session moved while the call was forwarded")
+                    try:
+                        await forward(url)
+                        return
+                    except errors.OwnerDown:
+                        manager.mark_down(url)  # then ask the registry again
 
     def origin_allowed(self, origin: str) -> bool:
         return origin in self.services.settings.allowed_origins
@@ -251,6 +252,7 @@ class ApiHandler(GatewayHandler):
         self.finish()
 
 Method = Callable[..., Awaitable[None]]
+SessionMethod = Callable[..., Awaitable[None]]  # (handler, session, *path args)
 
 
 def forward_timeout_s(settings: Settings) -> float:
@@ -262,13 +264,24 @@ def forward_timeout_s(settings: Settings) -> float:
     return (settings.max_queue_per_session + 1) * per_call + settings.kernel_start_timeout_s
 
 
-def forwardable(method: Method) -> Method:
-    """Serve a session here, or forward the call to the replica that serves it (see
-    ``GatewayHandler.serve_or_forward``)."""
+def forwardable(method: SessionMethod) -> Method:
+    """Serve a session here (the method gets the Session), or forward the call to the replica
+    that serves it (see ``GatewayHandler.serve_or_forward``)."""
 
     @functools.wraps(method)
-    async def wrapper(self: ApiHandler, *args: Any, **kwargs: Any) -> None:
-        await self.serve_or_forward(lambda: method(self, *args, **kwargs), self.forward)
+    async def wrapper(self: ApiHandler, session_id: str, *args: Any) -> None:
+        await self.serve_or_forward(session_id, lambda s: method(self, s, *args), self.forward)
+
+    return wrapper
+
+
+def forwardable_kernel(method: SessionMethod) -> Method:
+    """``forwardable`` for Jupyter routes, which name a session by its kernel id."""
+
+    @functools.wraps(method)
+    async def wrapper(self: ApiHandler, kernel_id: str, *args: Any) -> None:
+        session_id = await self.services.manager.session_of_kernel(self.owner, kernel_id)
+        await self.serve_or_forward(session_id, lambda s: method(self, s, *args), self.forward)
 
     return wrapper
 
@@ -280,4 +293,3 @@ class NotFoundHandler(ApiHandler):
 
     async def prepare(self) -> None:
         raise errors.NotFound(f"no such endpoint: {self.request.path}")
-

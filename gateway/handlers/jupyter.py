@@ -7,6 +7,8 @@ REST, and the other way round.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 from typing import Any
@@ -15,7 +17,7 @@ from tornado import websocket
 
 from gateway import __version__, errors
 from gateway.events import CLOSE_RECONNECT, CLOSE_SESSION_GONE, Event, close_for
-from gateway.handlers.base import ApiHandler, GatewayHandler, Services, forwardable
+from gateway.handlers.base import ApiHandler, GatewayHandler, Services, forwardable_kernel
 from gateway.handlers.relay import Relay
 from gateway.handlers.ws import refuse_foreign_origin
 from gateway.jupyter import (
@@ -24,6 +26,7 @@ from gateway.jupyter import (
     Message,
     from_legacy,
     from_v1,
+    gateway_message,
     kernel_model,
     kernelspec,
     to_legacy,
@@ -39,7 +42,7 @@ CLOSE_TOO_SLOW = 4429
 
 def model_of(session: Session) -> dict[str, Any]:
     return kernel_model(session.kernel_id, session.last_activity, session.execution_state,
-                        len(session.jupyter_clients))
+                        len(session.watchers))
 
 
 class JsonApiHandler(ApiHandler):
@@ -82,27 +85,24 @@ class KernelsHandler(JsonApiHandler):
 
 
 class KernelHandler(JsonApiHandler):
-    @forwardable
-    async def get(self, kernel_id: str) -> None:
-        self.send_json(model_of(await self.services.manager.by_kernel(self.owner, kernel_id)))
+    @forwardable_kernel
+    async def get(self, session: Session) -> None:
+        self.send_json(model_of(session))
 
-    @forwardable
-    async def delete(self, kernel_id: str) -> None:
-        session = await self.services.manager.by_kernel(self.owner, kernel_id)
-        await self.services.manager.delete(self.owner, session.id)
+    @forwardable_kernel
+    async def delete(self, session: Session) -> None:
+        await self.services.manager.delete(session)
         self.no_content()
 
 
 class KernelActionHandler(JsonApiHandler):
-    @forwardable
-    async def post(self, kernel_id: str, action: str) -> None:
-        manager = self.services.manager
-        session = await manager.by_kernel(self.owner, kernel_id)
+    @forwardable_kernel
+    async def post(self, session: Session, action: str) -> None:
         if action == "interrupt":
-            await manager.interrupt(self.owner, session.id)
+            await self.services.manager.interrupt(session)
             self.no_content()
         else:
-            await manager.restart(self.owner, session.id)
+            await self.services.manager.restart(session)
             self.send_json(model_of(session))
 
 
@@ -123,8 +123,8 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         self.authenticate()
         kernel_id = self.path_kwargs["kernel_id"]
 
-        async def find() -> None:
-            self.session = await self.services.manager.by_kernel(self.owner, kernel_id)
+        async def find(session: Session) -> None:
+            self.session = session
 
         async def relay(url: str) -> None:
             refuse_foreign_origin(self)  # before any connection is made on the client's behalf
@@ -132,7 +132,8 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
             if self._gone:  # it left while the owner was being reached: nothing to relay
                 self._relay.close()
 
-        await self.serve_or_forward(find, relay)
+        session_id = await self.services.manager.session_of_kernel(self.owner, kernel_id)
+        await self.serve_or_forward(session_id, find, relay)
         self._client_session = self.get_query_argument("session_id", "")[:128]
 
     def check_origin(self, origin: str) -> bool:
@@ -156,10 +157,9 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         if self.session.state == SessionState.closed:  # deleted during the handshake
             self.close(CLOSE_SESSION_GONE, "kernel deleted")
             return
-        parked = self.session.parked.pop(self._client_session, None)
-        for msg in parked or ():
+        for msg in self.session.watchers.resume(self._client_session):
             self._send(msg, "iopub")
-        self.session.jupyter_clients.add(self._on_iopub)
+        self.session.watchers.add(self._on_iopub)
         self.session.events.subscribe(self._on_event)
         self.session.touch()
 
@@ -173,11 +173,9 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
             self.close(*closing)
 
     def _on_reply(self, channel: str, msg: Message) -> None:
-        if channel == "iopub":
-            return  # iopub reaches this client through the session's tap
-        self._send(msg, channel)
-        if channel in ("shell", "control") and self.session.conn is not None:
-            self.session.conn.unroute(msg["parent_header"].get("msg_id", ""))
+        """Replies to this client's own requests (iopub reaches it through the watchers)."""
+        if channel != "iopub":
+            self._send(msg, channel)
 
     def _send(self, msg: Message, channel: str) -> None:
         if self.ws_connection is None or self.ws_connection.is_closing():
@@ -214,6 +212,19 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
             # never let a client's message start a kernel for a deleted session
             self.close(CLOSE_SESSION_GONE, "kernel deleted")
             return
+        msg_type = msg["header"]["msg_type"]
+        if channel == "shell" and msg_type == "execute_request":
+            # a cell: the session's FIFO turn, busy state, counts and watchers, like any other
+            task = self.services.manager.submit_jupyter(self.session, msg, self._on_reply)
+            task.add_done_callback(functools.partial(self._cell_failed, msg))
+            return
+        if channel == "control" and msg_type == "interrupt_request":
+            self.session.queue.note_interrupt()  # interrupts whatever runs, whoever sent it
+        await self._pass_through(channel, msg)
+
+    async def _pass_through(self, channel: str, msg: Message) -> None:
+        """Any other message (kernel_info, complete, inspect, comm_*, history, stdin replies,
+        control) goes straight to the kernel, its replies straight back to this client."""
         try:
             conn = await self.services.manager.live_connection(self.session)
         except (errors.OwnerUnreachable, errors.RegistryUnavailable) as exc:
@@ -224,9 +235,27 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
             log.info("cannot reach kernel kernel_id=%s: %s", self.session.kernel_id, exc.message)
             return
         if channel in ("shell", "control"):
-            conn.route(msg["header"]["msg_id"], self._on_reply)
+            conn.route(msg["header"]["msg_id"], self._on_reply_once)
         conn.send(channel, msg)
         self.session.touch()
+
+    def _on_reply_once(self, channel: str, msg: Message) -> None:
+        self._on_reply(channel, msg)
+        if channel in ("shell", "control") and self.session.slot.live:
+            self.session.slot.connection().unroute(msg["parent_header"].get("msg_id", ""))
+
+    def _cell_failed(self, request: Message, task: asyncio.Task[Any]) -> None:
+        """A cell the gateway could not run (queue full, shutting down, no kernel): the client
+        gets an error execute_reply instead of waiting forever."""
+        exc = None if task.cancelled() else task.exception()
+        if exc is None:
+            return
+        if not isinstance(exc, errors.GatewayError):
+            log.error("jupyter cell failed kernel_id=%s", self.session.kernel_id, exc_info=exc)
+            exc = errors.GatewayError("internal error")
+        content = {"status": "error", "ename": exc.code, "evalue": exc.message,
+                   "traceback": [f"{exc.code}: {exc.message}"], "execution_count": None}
+        self._send(gateway_message("execute_reply", content, request["header"]), "shell")
 
     def on_finish(self) -> None:
         if self._relay is not None and self.get_status() != 101:
@@ -239,7 +268,6 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         session = getattr(self, "session", None)
         if session is None:
             return
-        session.jupyter_clients.discard(self._on_iopub)
         session.events.unsubscribe(self._on_event)
-        if self._client_session and session.parked_max and session.state != SessionState.closed:
-            session.park(self._client_session)
+        park_as = "" if session.closed else self._client_session
+        session.watchers.remove(self._on_iopub, park_as=park_as)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.handlers.base import ApiHandler, forwardable
 from gateway.models import CreateSession, ExecuteRequest, SessionList
+from gateway.sessions import Session
 
 
 class SessionsHandler(ApiHandler):
@@ -19,30 +20,35 @@ class SessionsHandler(ApiHandler):
 
 class SessionHandler(ApiHandler):
     @forwardable
-    async def get(self, session_id: str) -> None:
-        self.send(await self.services.manager.get(self.owner, session_id))
+    async def get(self, session: Session) -> None:
+        self.send(session.info())
 
     @forwardable
-    async def delete(self, session_id: str) -> None:
-        await self.services.manager.delete(self.owner, session_id)
+    async def delete(self, session: Session) -> None:
+        await self.services.manager.delete(session)
         self.no_content()
 
 
 class ExecuteHandler(ApiHandler):
-    @forwardable
     async def post(self, session_id: str) -> None:
         req = self.body(ExecuteRequest)
-        self.send(await self.services.manager.execute(self.owner, session_id, req))
+        manager = self.services.manager
+        manager.check_execute(req)  # a bad request never starts a session
+
+        async def run(session: Session) -> None:
+            self.send(await manager.execute(session, req))
+
+        await self.serve_or_forward(session_id, run, self.forward, open_if_absent=True)
 
 
 class InterruptHandler(ApiHandler):
     @forwardable
-    async def post(self, session_id: str) -> None:
-        await self.services.manager.interrupt(self.owner, session_id)
+    async def post(self, session: Session) -> None:
+        await self.services.manager.interrupt(session)
         self.no_content()
 
 
 class RestartHandler(ApiHandler):
     @forwardable
-    async def post(self, session_id: str) -> None:
-        self.send(await self.services.manager.restart(self.owner, session_id))
+    async def post(self, session: Session) -> None:
+        self.send(await self.services.manager.restart(session))

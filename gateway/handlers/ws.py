@@ -65,15 +65,15 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
             self._since = int(since)
         session_id = self.path_kwargs["session_id"]
 
-        async def attach() -> None:
-            self.session = await self.services.manager.attach(self.owner, session_id)
+        async def attach(session: Session) -> None:
+            self.session = session
 
         async def relay(url: str) -> None:
             self._relay = await Relay.open(self, self.services.settings, url)
             if self._gone:  # it left while the owner was being reached: nothing to relay
                 self._relay.close()
 
-        await self.serve_or_forward(attach, relay)
+        await self.serve_or_forward(session_id, attach, relay, open_if_absent=True)
 
     def check_origin(self, origin: str) -> bool:
         return self.origin_allowed(origin) or bool(super().check_origin(origin))
@@ -186,19 +186,19 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
                        else errors.InvalidJSON("message is not valid JSON"))
             self._reply_error(problem, None)
             return
-        manager, sid = self.services.manager, self.session.id
+        manager, session = self.services.manager, self.session
         try:
             if isinstance(parsed, WsExecute):
                 req = ExecuteRequest(code=parsed.code, timeout_s=parsed.timeout_s,
                                      stdin=parsed.stdin)
-                manager.check_request(req)
+                manager.check_execute(req)
                 rid = parsed.id or f"ws-{secrets.token_hex(6)}"
-                task = manager.spawn_execute(self.owner, sid, req, rid)
+                task = manager.spawn_execute(session, req, rid)
                 task.add_done_callback(functools.partial(self._run_failed, request_id=rid))
             elif isinstance(parsed, WsInputReply):
-                await manager.reply_input(self.owner, sid, parsed.id, parsed.value)
+                await manager.reply_input(session, parsed.id, parsed.value)
             else:
-                await manager.interrupt(self.owner, sid)
+                await manager.interrupt(session)
         except errors.GatewayError as exc:
             self._reply_error(exc, getattr(parsed, "id", None))
 

@@ -63,6 +63,7 @@ class ExitInfo(BaseModel):
 
 class Launcher(Protocol):
     name: str
+    kernels_outlive_gateway: bool  # kernels keep running when the gateway process stops
 
     async def check(self) -> None:
         """Raise LauncherUnavailable if kernels cannot be started now (readiness)."""

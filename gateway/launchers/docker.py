@@ -81,6 +81,7 @@ def _exit_info(exit_code: int | None, oom_killed: bool) -> ExitInfo:
 
 class DockerLauncher:
     name = "docker"
+    kernels_outlive_gateway = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

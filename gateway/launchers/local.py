@@ -49,6 +49,7 @@ def _probe_netns() -> list[str]:
 
 class LocalLauncher:
     name = "local"
+    kernels_outlive_gateway = False  # parent-death signal
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

@@ -51,6 +51,7 @@ class SessionRecord(BaseModel):
 
 class Registry(Protocol):
     name: str
+    shared: bool  # other gateway processes may read and write the same records
 
     async def ping(self) -> None:
         """Raise RegistryUnavailable if the registry cannot be reached."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
+from collections.abc import Callable
 
 from gateway.registry import SessionKey, SessionRecord
 
@@ -11,7 +12,12 @@ from gateway.registry import SessionKey, SessionRecord
 class MemoryRegistry:
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 shared: bool = False) -> None:
+        """``clock`` (lease expiry) and ``shared`` (act as a registry other replicas use) are
+        for tests of the lease logic."""
+        self._clock = clock
+        self.shared = shared
         self._records: dict[SessionKey, SessionRecord] = {}
         self._leases: dict[SessionKey, tuple[str, float]] = {}  # → (holder, monotonic expiry)
 
@@ -38,13 +44,13 @@ class MemoryRegistry:
         for key in keys:
             ok = self._holder(key) in (None, holder)
             if ok:
-                self._leases[key] = (holder, time.monotonic() + ttl_s)
+                self._leases[key] = (holder, self._clock() + ttl_s)
             granted.append(ok)
         return granted
 
     def _holder(self, key: SessionKey) -> str | None:
         lease = self._leases.get(key)
-        if lease is None or lease[1] <= time.monotonic():
+        if lease is None or lease[1] <= self._clock():
             return None
         return lease[0]
 
@@ -53,7 +59,7 @@ class MemoryRegistry:
 
     async def release(self, owner: str, session_id: str, holder: str) -> None:
         lease = self._leases.get((owner, session_id))
-        if lease is not None and (lease[0] == holder or lease[1] <= time.monotonic()):
+        if lease is not None and (lease[0] == holder or lease[1] <= self._clock()):
             del self._leases[(owner, session_id)]  # (an expired one too: nothing is kept)
 
     async def close(self) -> None:

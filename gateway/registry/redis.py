@@ -41,6 +41,7 @@ return 0
 
 class RedisRegistry:
     name = "redis"
+    shared = True
 
     def __init__(self, url: str, prefix: str, timeout_s: float, *, password: str | None = None,
                  ca_file: str | None = None) -> None:

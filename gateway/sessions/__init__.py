@@ -1,0 +1,14 @@
+"""The session layer: session_id → Session with its kernel (see ``manager`` for the façade).
+
+One noun per module: ``session`` (state and its transitions), ``table`` (the local map and
+capacity), ``queue`` (the per-session FIFO), ``kernel_slot`` (a session's kernel and the
+shutdown ladder), ``cell`` (one cell's run), ``ladder`` (the timeout ladder), ``leases``,
+``placement`` (here / there / vacant), ``handoff`` (restore, takeover, loss, graceful stop),
+``records`` (registry writes), ``reaper``, and ``manager`` (the façade handlers call).
+"""
+
+from gateway.sessions.manager import SessionManager
+from gateway.sessions.placement import Here, There
+from gateway.sessions.session import Session
+
+__all__ = ["Here", "Session", "SessionManager", "There"]
