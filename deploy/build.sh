@@ -18,6 +18,7 @@ fi
 step "gateway wheels (host pip, cp311 manylinux)"
 mkdir -p deploy/.wheels
 rm -f deploy/.wheels/exec_gateway-*.whl
+rm -rf build  # setuptools never removes a stale module from build/lib: the wheel would keep it
 python3 -m pip wheel -q --disable-pip-version-check --no-deps -w deploy/.wheels .
 wheel=$(ls deploy/.wheels/exec_gateway-*.whl)
 # async-timeout by name: redis needs it below python 3.11.3 (Debian bookworm has 3.11.2), and

@@ -480,14 +480,16 @@ async def test_stdin_input_request_and_reply(gw: Gateway, kernel: dict, kernel_w
     assert text_of(ws.iopub_of(request)).endswith("hi ada\n")
 
 
-async def test_restart_pushes_restarting_and_the_socket_keeps_working(
+async def test_requested_restart_pushes_starting_and_the_socket_keeps_working(
     gw: Gateway, aapi: httpx.AsyncClient, kernel: dict, kernel_ws: KernelWs
 ) -> None:
     ws = await kernel_ws(gw.url, kernel["id"], gw.token)
     await ws.execute("gone = 1")
     r = await aapi.post(f"/api/kernels/{kernel['id']}/restart")
     assert r.status_code == 200
-    await ws.wait_for(is_status("restarting"))
+    # as jupyter_server: "starting", never "restarting" (JupyterLab reads that as a crash)
+    await ws.wait_for(is_status("starting"))
+    assert not [m for ch, m in ws.received if is_status("restarting")(ch, m)]
     reply, iopub = await ws.execute("'gone' in dir()")
     assert reply["content"]["status"] == "ok"
     assert result_of(iopub) == "False"
@@ -504,6 +506,7 @@ async def test_kernel_death_pushes_dead_and_the_next_request_gets_a_fresh_kernel
     await ws.wait_for(is_status("dead"))
     assert (await model(aapi, kernel["id"]))["execution_state"] == "dead"
     reply, iopub = await ws.execute("'kept' in dir()")
+    await ws.wait_for(is_status("restarting"))  # the gateway replaced a dead kernel
     assert reply["content"]["status"] == "ok"
     assert result_of(iopub) == "False"
     after = await asession_of(aapi, kernel["id"])

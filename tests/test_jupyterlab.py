@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -26,10 +26,9 @@ from tests.test_page import CHROMIUM_FLAGS, poll
 
 NOTEBOOK = "restart.ipynb"
 CELLS = ["x = 1\nx", "'x' in dir()"]
-DIED = ("appears to have died", "Kernel Restarting", "Dead kernel", "Error Starting Kernel")
 
 
-def _missing(why: str) -> None:
+def _missing(why: str) -> NoReturn:
     why += "; run `bash scripts/install-browser.sh` and `pip install -e .[test]` (jupyterlab)"
     if IN_CI:
         pytest.fail(why)
@@ -50,8 +49,9 @@ class Lab:
 def write_notebook(path: Path, sources: list[str]) -> None:
     """A small nbformat 4 notebook bound to the ``python3`` kernelspec (so JupyterLab starts
     its kernel without asking which one)."""
-    cells = [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {},
-              "outputs": [], "source": source} for i, source in enumerate(sources)]
+    cells: list[dict[str, Any]] = [
+        {"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {},
+         "outputs": [], "source": source} for i, source in enumerate(sources)]
     path.write_text(json.dumps({
         "cells": cells,
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -64,14 +64,16 @@ def start_lab(gw: Gateway, tmp: Path) -> Lab:
     """``python -m jupyterlab`` on a free loopback port, its gateway client pointed at ``gw``
     with the gateway's token (from the environment, out of ``ps``); its own token, dirs and
     HOME under ``tmp`` (nothing read from or written to this machine's Jupyter setup)."""
-    dirs = {name: tmp / name for name in ("root", "runtime", "config", "data", "home")}
+    dirs = {name: tmp / name for name in ("root", "runtime", "config", "data", "home", "tmp",
+                                          "settings", "workspaces")}
     for path in dirs.values():
         path.mkdir(parents=True)
     write_notebook(dirs["root"] / NOTEBOOK, CELLS)
-    # no "get Jupyter news?" toast over the notebook
-    (dirs["config"] / "labconfig").mkdir()
-    (dirs["config"] / "labconfig" / "page_config.json").write_text(json.dumps(
-        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    # no "get Jupyter news?" toast over the notebook, and nothing fetched from the internet
+    settings = dirs["settings"] / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     port, token = free_port(), secrets.token_urlsafe(24)
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
@@ -81,6 +83,9 @@ def start_lab(gw: Gateway, tmp: Path) -> Lab:
         "JUPYTER_DATA_DIR": str(dirs["data"]),
         "JUPYTER_PLATFORM_DIRS": "1",
         "JUPYTER_NO_CONFIG": "1",  # ignore system and sys.prefix config
+        "TMPDIR": str(dirs["tmp"]),  # where JUPYTER_NO_CONFIG makes its empty config dir
+        "JUPYTERLAB_SETTINGS_DIR": str(dirs["settings"]),
+        "JUPYTERLAB_WORKSPACES_DIR": str(dirs["workspaces"]),
         "JUPYTER_GATEWAY_AUTH_TOKEN": gw.token,
     }
     log_path = tmp / "jupyterlab.log"
@@ -91,6 +96,9 @@ def start_lab(gw: Gateway, tmp: Path) -> Lab:
              "--ServerApp.port_retries=0", f"--ServerApp.root_dir={dirs['root']}",
              f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False",
              "--GatewayClient.request_timeout=60", "--GatewayClient.connect_timeout=10",
+             "--LabApp.news_url=None",
+             "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements."
+             "NeverCheckForUpdate",
              *(["--allow-root"] if os.geteuid() == 0 else [])],  # CI containers run as root
             env=env, cwd=dirs["root"], stdout=log, stderr=subprocess.STDOUT)
     lab = Lab(f"http://127.0.0.1:{port}", token, proc, log_path)
@@ -174,18 +182,20 @@ class Notebook:
         return self.d.execute_script(script, *args)
 
     def kernel_status(self) -> str:
-        """The toolbar's execution indicator (``idle``, ``busy``, ``restarting``, ...)."""
+        """The toolbar's execution indicator (``idle``, ``busy``, ``restarting``, ...), or
+        ``no kernel`` while the toolbar names none (the indicator says ``idle`` then too)."""
         return str(self.js(
-            "const e = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
-            ".jp-Notebook-ExecutionIndicator'); return e ? e.dataset.status : ''"))
+            "const p = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');"
+            "const i = p && p.querySelector('.jp-Notebook-ExecutionIndicator');"
+            "const n = p && p.querySelector('.jp-Toolbar-kernelName');"
+            "if (!i || !n) return '';"
+            "return ['', 'No Kernel'].includes(n.innerText.trim()) ? 'no kernel'"
+            " : i.dataset.status"))
 
     def dialogs(self) -> list[str]:
         """The text of every JupyterLab dialog on screen."""
         return list(self.js(
             "return [...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText)"))
-
-    def died_dialogs(self) -> list[str]:
-        return [text for text in self.dialogs() if any(word in text for word in DIED)]
 
     def cells(self) -> list[Any]:
         return list(self.d.find_elements(self.by.CSS_SELECTOR,
@@ -204,17 +214,13 @@ class Notebook:
             "return p ? p.innerText.trim() : ''", index))
 
     def run_cell(self, index: int) -> None:
-        """Select the cell by its prompt (command mode) and press Shift+Enter."""
-        from selenium.webdriver.common.action_chains import ActionChains
-        from selenium.webdriver.common.keys import Keys
-
+        """Select the cell by its prompt, then Run → Run Selected Cell and Do not Advance (a
+        menu click does not depend on where the keyboard focus is)."""
         cell = self.cells()[index]
-        prompt = cell.find_element(self.by.CSS_SELECTOR, ".jp-InputPrompt")
-        prompt.click()
+        cell.find_element(self.by.CSS_SELECTOR, ".jp-InputPrompt").click()
         poll(lambda: "jp-mod-active" in str(cell.get_attribute("class")), 10,
              f"cell {index} to be active")
-        ActionChains(self.d).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(
-            Keys.SHIFT).perform()
+        self.menu("Run", "notebook:run-cell")
 
     def menu(self, menu: str, command: str) -> None:
         """Open a main-menu menu by its label and click the item bound to ``command``."""
@@ -252,12 +258,17 @@ def test_restart_from_jupyterlab_is_not_a_kernel_death(
             nb.by.CSS_SELECTOR, ".jp-Dialog .jp-Dialog-button.jp-mod-accept"), 10,
             "the restart confirmation")[0]
         assert "Restart" in confirm.text, nb.dialogs()
+        [asked] = nb.dialogs()
+
+        def confirm_open() -> bool:
+            return asked in nb.dialogs()
+
         confirm.click()
-        poll(lambda: not nb.dialogs(), 10, "the confirmation to close")
+        poll(lambda: not confirm_open(), 10, "the confirmation to close")
 
         # JupyterLab pops "Kernel Restarting: ... appears to have died" as soon as it reads an
         # iopub `restarting`: watch every dialog for a few seconds and till the kernel is idle
-        seen: list[str] = []
+        seen: list[str] = []  # every dialog after the confirmation, in order
         statuses: list[str] = []
         deadline = time.monotonic() + 5
         idle_deadline = time.monotonic() + 60
@@ -270,7 +281,7 @@ def test_restart_from_jupyterlab_is_not_a_kernel_death(
             if now > deadline and (status == "idle" or now > idle_deadline):
                 break
             time.sleep(0.05)
-        assert not seen, f"a dialog showed up on a requested restart: {seen}"
+        assert not seen, f"a dialog showed up on a requested restart: {seen} ({statuses})"
         assert "autorestarting" not in statuses, statuses
         assert statuses[-1] == "idle", f"the kernel is not idle after the restart: {statuses}"
 
@@ -283,8 +294,18 @@ def test_restart_from_jupyterlab_is_not_a_kernel_death(
         poll(lambda: nb.kernel_status() == "idle", 30, "idle after the run")
         assert not nb.dialogs(), nb.dialogs()
     except BaseException:
-        shot = tmp_path / "jupyterlab.png"
-        chromium.save_screenshot(str(shot))
-        print(f"screenshot: {shot}\nkernel status: {nb.kernel_status()!r}, "
-              f"dialogs: {nb.dialogs()!r}\n--- jupyter lab log ---\n{lab.log()[-6000:]}")
+        diagnose(chromium, nb, lab, tmp_path / "jupyterlab.png")
         raise
+
+
+def diagnose(driver: Any, nb: Notebook, lab: Lab, shot: Path) -> None:
+    """Print what a failure needs (screenshot path, status, dialogs, browser console and the
+    jupyter lab log); never raises over the test's own error."""
+    try:
+        driver.save_screenshot(str(shot))
+        console = "\n".join(f"{e['level']} {e['message']}" for e in driver.get_log("browser"))
+        print(f"screenshot: {shot}\nkernel status: {nb.kernel_status()!r}, "
+              f"dialogs: {nb.dialogs()!r}\n--- browser console ---\n{console[-6000:]}")
+    except Exception as exc:
+        print(f"no browser diagnostics: {exc!r}")
+    print(f"--- jupyter lab log ---\n{lab.log()[-6000:]}")

@@ -186,7 +186,7 @@ async def test_jupyter_kernel_made_on_a_is_served_by_b(
         restarted = api_b.post(f"/api/kernels/{kid}/restart")
         assert restarted.status_code == 200 and restarted.json()["id"] == kid
         await ws.wait_for(lambda ch, m: ch == "iopub" and m["header"]["msg_type"] == "status"
-                          and m["content"]["execution_state"] == "restarting")
+                          and m["content"]["execution_state"] == "starting")
         reply, iopub = await ws.execute("'x' in dir()")
         assert reply["content"]["status"] == "ok"
         assert of_type(iopub, "execute_result")[0]["data"]["text/plain"] == "False"

@@ -252,7 +252,7 @@ class ApiHandler(GatewayHandler):
         self.finish()
 
 Method = Callable[..., Awaitable[None]]
-SessionMethod = Callable[..., Awaitable[None]]  # (handler, session, *path args)
+SessionMethod = Callable[..., Awaitable[None]]  # (handler, session, **other path args)
 
 
 def forward_timeout_s(settings: Settings) -> float:
@@ -269,8 +269,9 @@ def forwardable(method: SessionMethod) -> Method:
     that serves it (see ``GatewayHandler.serve_or_forward``)."""
 
     @functools.wraps(method)
-    async def wrapper(self: ApiHandler, session_id: str, *args: Any) -> None:
-        await self.serve_or_forward(session_id, lambda s: method(self, s, *args), self.forward)
+    async def wrapper(self: ApiHandler, session_id: str, **kwargs: Any) -> None:
+        await self.serve_or_forward(session_id, lambda s: method(self, s, **kwargs),
+                                    self.forward)
 
     return wrapper
 
@@ -279,9 +280,10 @@ def forwardable_kernel(method: SessionMethod) -> Method:
     """``forwardable`` for Jupyter routes, which name a session by its kernel id."""
 
     @functools.wraps(method)
-    async def wrapper(self: ApiHandler, kernel_id: str, *args: Any) -> None:
+    async def wrapper(self: ApiHandler, kernel_id: str, **kwargs: Any) -> None:
         session_id = await self.services.manager.session_of_kernel(self.owner, kernel_id)
-        await self.serve_or_forward(session_id, lambda s: method(self, s, *args), self.forward)
+        await self.serve_or_forward(session_id, lambda s: method(self, s, **kwargs),
+                                    self.forward)
 
     return wrapper
 

@@ -99,10 +99,10 @@ class KernelActionHandler(JsonApiHandler):
     @forwardable_kernel
     async def post(self, session: Session, action: str) -> None:
         if action == "interrupt":
-            await self.services.manager.interrupt(session)
+            await self.services.manager.cells.interrupt(session)
             self.no_content()
         else:
-            await self.services.manager.restart(session)
+            await self.services.manager.cells.restart(session)
             self.send_json(model_of(session))
 
 
@@ -215,7 +215,7 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         msg_type = msg["header"]["msg_type"]
         if channel == "shell" and msg_type == "execute_request":
             # a cell: the session's FIFO turn, busy state, counts and watchers, like any other
-            task = self.services.manager.submit_jupyter(self.session, msg, self._on_reply)
+            task = self.services.manager.cells.submit_jupyter(self.session, msg, self._on_reply)
             task.add_done_callback(functools.partial(self._cell_failed, msg))
             return
         if channel == "control" and msg_type == "interrupt_request":
@@ -226,7 +226,7 @@ class ChannelsHandler(GatewayHandler, websocket.WebSocketHandler):
         """Any other message (kernel_info, complete, inspect, comm_*, history, stdin replies,
         control) goes straight to the kernel, its replies straight back to this client."""
         try:
-            conn = await self.services.manager.live_connection(self.session)
+            conn = await self.services.manager.cells.live_connection(self.session)
         except (errors.OwnerUnreachable, errors.RegistryUnavailable) as exc:
             # not served here any more, or cannot tell: the client reconnects (and is relayed)
             self.close(CLOSE_RECONNECT, exc.message[:100])

@@ -33,10 +33,10 @@ class ExecuteHandler(ApiHandler):
     async def post(self, session_id: str) -> None:
         req = self.body(ExecuteRequest)
         manager = self.services.manager
-        manager.check_execute(req)  # a bad request never starts a session
+        manager.cells.check(req)  # a bad request never starts a session
 
         async def run(session: Session) -> None:
-            self.send(await manager.execute(session, req))
+            self.send(await manager.cells.execute(session, req))
 
         await self.serve_or_forward(session_id, run, self.forward, open_if_absent=True)
 
@@ -44,11 +44,11 @@ class ExecuteHandler(ApiHandler):
 class InterruptHandler(ApiHandler):
     @forwardable
     async def post(self, session: Session) -> None:
-        await self.services.manager.interrupt(session)
+        await self.services.manager.cells.interrupt(session)
         self.no_content()
 
 
 class RestartHandler(ApiHandler):
     @forwardable
     async def post(self, session: Session) -> None:
-        self.send(await self.services.manager.restart(session))
+        self.send(await self.services.manager.cells.restart(session))

@@ -186,19 +186,19 @@ class SessionSocket(GatewayHandler, websocket.WebSocketHandler):
                        else errors.InvalidJSON("message is not valid JSON"))
             self._reply_error(problem, None)
             return
-        manager, session = self.services.manager, self.session
+        cells, session = self.services.manager.cells, self.session
         try:
             if isinstance(parsed, WsExecute):
                 req = ExecuteRequest(code=parsed.code, timeout_s=parsed.timeout_s,
                                      stdin=parsed.stdin)
-                manager.check_execute(req)
+                cells.check(req)
                 rid = parsed.id or f"ws-{secrets.token_hex(6)}"
-                task = manager.spawn_execute(session, req, rid)
+                task = cells.spawn_execute(session, req, rid)
                 task.add_done_callback(functools.partial(self._run_failed, request_id=rid))
             elif isinstance(parsed, WsInputReply):
-                await manager.reply_input(session, parsed.id, parsed.value)
+                await cells.reply_input(session, parsed.id, parsed.value)
             else:
-                await manager.interrupt(session)
+                await cells.interrupt(session)
         except errors.GatewayError as exc:
             self._reply_error(exc, getattr(parsed, "id", None))
 
