@@ -206,10 +206,10 @@ class CellError(GatewayError):
         self.ename = error.ename if error else None
         self.evalue = error.evalue if error else None
         self.traceback = "\n".join(error.traceback) if error else ""
-        if error is not None:
-            message = f"{error.ename}: {error.evalue}"
-        else:
-            message = f"cell {result.status} (state_preserved={result.state_preserved})"
+        message = f"{error.ename}: {error.evalue}" if error is not None else ""
+        if result.status != "error":  # timeout, interrupted, ...: the status says more
+            message = (f"cell {result.status} (state_preserved={result.state_preserved})"
+                       + (f": {message}" if message else ""))
         super().__init__(message)
 
     def __str__(self) -> str:
