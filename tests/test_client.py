@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import itertools
 import os
 import secrets
 import shutil
@@ -21,8 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from exec_gateway_client import AsyncGateway, Gateway, errors, models
+
 from tests.conftest import Gateway as GatewayProc
 from tests.conftest import start_gateway, wait_until
 
@@ -485,7 +486,7 @@ def test_429_queue_full_is_typed_and_retried_after_retry_after(
     executes = [(t, status) for t, method, path, status in recorder.seen
                 if path.endswith("/execute")]
     assert executes[-1][1] == 200 and executes[0][1] == 429
-    gaps = [b[0] - a[0] for a, b in zip(executes, executes[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(executes)]
     assert all(gap >= 0.9 for gap in gaps), gaps  # Retry-After: 1, not the 0.25 s backoff
     s.delete()
     holder.close()
@@ -505,7 +506,7 @@ def test_retry_policy_honours_retry_after_and_never_replays_a_maybe_run_cell() -
     assert errors.parse_retry_after("2") == 2.0 and errors.parse_retry_after("soon") is None
 
 
-# ------------------------------------------------------------------ the models agree with the server
+# ------------------------------------------------------------------ models agree with the server
 MODEL_ALIASES = {"LimitsRequest": "Limits"}  # the client's request twin of a response model
 
 

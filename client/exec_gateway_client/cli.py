@@ -104,7 +104,8 @@ def cmd_repl(gw: Gateway, args: argparse.Namespace) -> int:
 def cmd_sessions(gw: Gateway, args: argparse.Namespace) -> int:
     for info in gw.sessions():
         print(f"{info.id}\t{info.state}\tgeneration={info.generation}\t"
-              f"executions={info.execution_count}\tlast_activity={info.last_activity:%Y-%m-%d %H:%M:%S}")
+              f"executions={info.execution_count}\t"
+              f"last_activity={info.last_activity:%Y-%m-%d %H:%M:%S}")
     return 0
 
 

@@ -228,7 +228,8 @@ class Session:
                                max_size=WS_MAX_MESSAGE_BYTES, open_timeout=config.timeout_s)
             except InvalidStatus as exc:
                 response = exc.response
-                error: Exception = errors.from_answer(response.status_code, response.body or b"",
+                body = bytes(response.body or b"")
+                error: Exception = errors.from_answer(response.status_code, body,
                                                       response.headers)
             except (OSError, WebSocketException, TimeoutError) as exc:
                 error = exc

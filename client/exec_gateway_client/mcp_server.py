@@ -17,7 +17,6 @@ import contextlib
 import logging
 import secrets
 import sys
-from typing import Any
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
