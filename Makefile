@@ -46,7 +46,7 @@ kernel-image:
 	bash kernel_image/build.sh
 
 ## bench: benchmarks; prints JSON and a table, writes bench/results/latest.json
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-test $(VENV)/.installed-client
 	$(PY) -m bench
 
 clean:
