@@ -149,7 +149,7 @@ class AsyncSession:
 
     async def __aexit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if not self.keep and (self._ready or self._id is not None):
+        if not self.keep and self._ready:
             with contextlib.suppress(errors.GatewayError):
                 await self.delete()
 

@@ -154,7 +154,7 @@ class Session:
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if not self.keep and (self._ready or self._id is not None):
+        if not self.keep and self._ready:
             with contextlib.suppress(errors.GatewayError):
                 self.delete()
 
