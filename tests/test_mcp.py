@@ -34,15 +34,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProc]:
     shutil.rmtree(gateway.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def http_mcp(server: GatewayProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``exec-gateway-mcp --transport http`` on a free port; yields its endpoint URL."""
+def start_http_mcp(server: GatewayProc, log: Path, prefix: str
+                   ) -> tuple[subprocess.Popen[bytes], str]:
+    """``exec-gateway-mcp --transport http`` on a free port, once it listens: (process, URL)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("mcp") / "mcp.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([MCP, "--transport", "http", "--port", str(port), "--url",
                                  server.url, "--token", server.token, "--session-prefix",
-                                 "mcphttp"], stdout=out, stderr=subprocess.STDOUT)
+                                 prefix], stdout=out, stderr=subprocess.STDOUT)
 
     def listening() -> bool:
         if proc.poll() is not None:
@@ -54,9 +53,20 @@ def http_mcp(server: GatewayProc, tmp_path_factory: pytest.TempPathFactory) -> I
             return False
 
     wait_until(listening, 30)
-    yield f"http://127.0.0.1:{port}/mcp"
+    return proc, f"http://127.0.0.1:{port}/mcp"
+
+
+@pytest.fixture(scope="module")
+def http_mcp(server: GatewayProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, url = start_http_mcp(server, tmp_path_factory.mktemp("mcp") / "mcp.log", "mcphttp")
+    yield url
     proc.terminate()
     proc.wait(30)
+
+
+def sessions_named(server: GatewayProc, prefix: str) -> list[str]:
+    return [s["id"] for s in server.http.get("/v1/sessions").json()["sessions"]
+            if s["id"].startswith(prefix)]
 
 
 def stdio(server: GatewayProc, prefix: str = "mcpstdio") -> StdioServerParameters:
@@ -142,11 +152,26 @@ async def test_each_connection_gets_its_own_default_session_deleted_at_the_end(
         assert text_of(other) == "Out: False"
         mine = await call(a, "execute_python", code="v")
         assert text_of(mine) == "Out: 'from a'"
-        ids = [s["id"] for s in server.http.get("/v1/sessions").json()["sessions"]
-               if s["id"].startswith(prefix)]
-        assert len(ids) == 2
-    wait_until(lambda: not [s for s in server.http.get("/v1/sessions").json()["sessions"]
-                            if s["id"].startswith(prefix)], 30)
+        assert len(sessions_named(server, prefix)) == 2
+    wait_until(lambda: not sessions_named(server, prefix), 30)
+
+
+async def test_sigterm_stops_the_http_server_gracefully_and_deletes_its_default_sessions(
+    server: GatewayProc, tmp_path: Path
+) -> None:
+    prefix = f"mcpterm{secrets.token_hex(2)}"
+    proc, url = start_http_mcp(server, tmp_path / "mcp.log", prefix)
+    try:
+        async with Client(url) as client:
+            await call(client, "execute_python", code="t = 1")
+        assert len(sessions_named(server, prefix)) == 1
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert not sessions_named(server, prefix)
 
 
 async def test_http_mcp_sessions_are_apart_by_mcp_session_id(

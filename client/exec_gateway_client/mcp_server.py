@@ -16,9 +16,13 @@ import base64
 import contextlib
 import logging
 import secrets
+import signal
 import sys
+from collections.abc import Callable
 
 import anyio
+import anyio.abc
+import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
@@ -70,6 +74,8 @@ Delete a session: stop its interpreter and remove its files. Its state cannot be
 later execute_python with the same session_id starts from scratch. Leave session_id empty for
 this conversation's default session."""
 
+CLEANUP_TIMEOUT_S = 10.0
+
 STATUS_NOTES = {
     "timeout": "the cell was stopped: it ran past its timeout",
     "interrupted": "the cell was interrupted",
@@ -105,9 +111,15 @@ class Sessions:
         await session.delete()
 
     async def aclose(self) -> None:
-        for session_id in self.defaults.values():
+        """Delete the default sessions (at once: a stopping stdio server has seconds left)."""
+
+        async def delete(session_id: str) -> None:
             with contextlib.suppress(errors.GatewayError):
                 await self.gw.session(session_id).delete()
+
+        async with anyio.create_task_group() as tg:
+            for session_id in self.defaults.values():
+                tg.start_soon(delete, session_id)
         await self.gw.aclose()
 
 
@@ -201,14 +213,31 @@ async def serve(args: argparse.Namespace) -> None:
     gw = AsyncGateway(args.url, args.token)
     server, sessions = build_server(gw, prefix=args.session_prefix)
     try:
-        if args.transport == "stdio":
-            await server.run_stdio_async()
-        else:
-            await server.run_streamable_http_async(host=args.host, port=args.port,
-                                                   streamable_http_path=args.path)
+        async with anyio.create_task_group() as tg:
+            if args.transport == "stdio":
+                await tg.start(_on_signal, tg.cancel_scope.cancel)
+                await server.run_stdio_async()  # until the client closes our stdin
+            else:
+                app = server.streamable_http_app(streamable_http_path=args.path, host=args.host)
+                http = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                                     log_level="info"))
+                await tg.start(_on_signal, lambda: setattr(http, "should_exit", True))
+                await http.serve()  # a signal ends it gracefully; the cleanup below runs
+            tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(CLEANUP_TIMEOUT_S, shield=True):
             await sessions.aclose()
+
+
+async def _on_signal(stop: Callable[[], object], *,
+                     task_status: anyio.abc.TaskStatus[None]) -> None:
+    """Call ``stop`` on every SIGTERM/SIGINT, so the server ends through its cleanup instead
+    of dying (MCP clients SIGTERM a stdio server that does not exit in time; uvicorn raises a
+    signal it handled again once it stopped)."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for _ in signals:
+            stop()
 
 
 def main(argv: list[str] | None = None) -> int:
