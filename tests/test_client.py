@@ -338,6 +338,38 @@ async def test_async_socket_cut_mid_cell_is_resumed_with_nothing_lost_or_doubled
     assert "".join(chunks) == LINES and r.stdout == LINES
 
 
+def test_cell_stream_drops_replayed_events_and_resyncs_after_a_dropped_notice() -> None:
+    from exec_gateway_client.stream import CellStream, Resync
+
+    run = CellStream(models.ExecuteRequest(code="x"))
+    rid = run.request_id
+    assert '"type": "execute"' in run.execute_frame() and rid in run.execute_frame()
+
+    def out(seq: int, text: str, rid: str = rid) -> dict[str, Any]:
+        return {"type": "stream", "name": "stdout", "text": text, "seq": seq, "id": rid}
+
+    assert run.accept({"type": "hello", "last_seq": 5}) is None and run.since == 5
+    assert run.accept(out(6, "a")) is not None
+    assert run.accept(out(7, "b", rid="someone-else")) is None  # another watcher's run
+    assert run.accept({"type": "hello", "last_seq": 9}) is None  # a reconnect with since=7
+    assert run.accept(out(6, "a")) is None  # replayed, seen already
+    assert run.accept(out(8, "c")) == out(8, "c") and run.since == 8
+    with pytest.raises(Resync):
+        run.accept({"type": "dropped", "count": 3, "from_seq": 9, "to_seq": 11})
+    assert run.accept({"type": "gap", "from_seq": 9, "to_seq": 10}) is None
+    assert run.lost == [(9, 10)]
+    with pytest.raises(errors.ConnectionLost):  # a log that restarted: the run is gone
+        run.accept({"type": "hello", "last_seq": 2})
+    refused = CellStream(models.ExecuteRequest(code="x"))
+    with pytest.raises(errors.QueueFull):
+        refused.accept({"type": "error", "id": refused.request_id, "code": "queue_full",
+                        "message": "busy"})
+    result = {"session_id": "s", "execution_count": 1, "generation": 1, "status": "ok",
+              "state_preserved": True, "duration_ms": 1.0, "memory_peak_mb": 12.5}
+    assert run.accept({"type": "result", "id": rid, "seq": 12, "result": result}) is not None
+    assert run.result is not None and run.result.memory_peak_mb == 12.5
+
+
 # ------------------------------------------------------------------ input() and interrupt
 def test_on_input_answers_input_calls_callable_or_list(gw: Gateway, sid: str) -> None:
     prompts: list[str] = []

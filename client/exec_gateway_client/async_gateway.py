@@ -185,18 +185,19 @@ class AsyncSession:
         deadline = time.monotonic() + config.run_deadline_s(request.timeout_s)
         failures = refused = 0
         while run.result is None:
+            seen = run.last_seq
             try:
                 ws = await self._connect(run.since)
                 async with ws:
-                    failures = await self._pump(ws, run, deadline, failures, on_stdout,
-                                                on_stderr, on_output, on_input)
+                    await self._pump(ws, run, deadline, on_stdout, on_stderr, on_output,
+                                     on_input)
             except (ConnectionClosed, Resync, OSError) as exc:
                 if isinstance(exc, ConnectionClosed):
                     code = exc.rcvd.code if exc.rcvd is not None else None
                     gone = closed_error(code, exc.rcvd.reason if exc.rcvd else "")
                     if gone is not None:
                         raise gone from exc
-                failures += 1
+                failures = 1 if run.last_seq != seen else failures + 1  # in a row, no progress
                 if failures > config.reconnects:
                     raise errors.ConnectionLost(
                         f"the session WebSocket dropped {failures} times: {exc!r}") from exc
@@ -234,10 +235,10 @@ class AsyncSession:
             attempt += 1
 
     @staticmethod
-    async def _pump(ws: ClientConnection, run: CellStream, deadline: float, failures: int,
+    async def _pump(ws: ClientConnection, run: CellStream, deadline: float,
                     on_stdout: TextCallback | None, on_stderr: TextCallback | None,
                     on_output: Callable[[Output], Any] | None,
-                    on_input: Callable[[str], Any] | None) -> int:
+                    on_input: Callable[[str], Any] | None) -> None:
         async def recv() -> dict[str, Any]:
             left = deadline - time.monotonic()
             try:
@@ -256,13 +257,11 @@ class AsyncSession:
             event = run.accept(await recv())
             if event is None:
                 continue
-            failures = 0
             if event["type"] == "input_request":
                 answer = await _call(on_input, str(event.get("prompt", ""))) if on_input else ""
                 await ws.send(run.input_frame(str(answer)))
             elif (target := callback_for(event, on_stdout, on_stderr, on_output)) is not None:
                 await _call(target[0], target[1])
-        return failures
 
     async def info(self) -> SessionInfo:
         await self.ensure()

@@ -194,17 +194,17 @@ class Session:
         deadline = time.monotonic() + config.run_deadline_s(request.timeout_s)
         failures = refused = 0
         while run.result is None:
+            seen = run.last_seq
             try:
                 with self._connect(run.since) as ws:
-                    failures = self._pump(ws, run, deadline, failures, on_stdout, on_stderr,
-                                          on_output, on_input)
+                    self._pump(ws, run, deadline, on_stdout, on_stderr, on_output, on_input)
             except (ConnectionClosed, Resync, OSError) as exc:
                 if isinstance(exc, ConnectionClosed):
                     code = exc.rcvd.code if exc.rcvd is not None else None
                     gone = closed_error(code, exc.rcvd.reason if exc.rcvd else "")
                     if gone is not None:
                         raise gone from exc
-                failures += 1
+                failures = 1 if run.last_seq != seen else failures + 1  # in a row, no progress
                 if failures > config.reconnects:
                     raise errors.ConnectionLost(
                         f"the session WebSocket dropped {failures} times: {exc!r}") from exc
@@ -242,11 +242,11 @@ class Session:
             attempt += 1
 
     @staticmethod
-    def _pump(ws: ClientConnection, run: CellStream, deadline: float, failures: int,
+    def _pump(ws: ClientConnection, run: CellStream, deadline: float,
               on_stdout: TextCallback | None, on_stderr: TextCallback | None,
               on_output: Callable[[Output], Any] | None,
-              on_input: Callable[[str], str] | None) -> int:
-        """Read events until the run's result; returns the reconnect count (0 after progress)."""
+              on_input: Callable[[str], str] | None) -> None:
+        """Read events until the run's result (raises when the socket fails first)."""
 
         def recv() -> dict[str, Any]:
             left = deadline - time.monotonic()
@@ -266,13 +266,11 @@ class Session:
             event = run.accept(recv())
             if event is None:
                 continue
-            failures = 0
             if event["type"] == "input_request":
                 answer = on_input(str(event.get("prompt", ""))) if on_input else ""
                 ws.send(run.input_frame(answer))
             elif (target := callback_for(event, on_stdout, on_stderr, on_output)) is not None:
                 target[0](target[1])
-        return failures
 
     # ---------------------------------------------------------------- session calls
     def info(self) -> SessionInfo:
