@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from exec_gateway_client import errors
 from exec_gateway_client._base import WS_MAX_MESSAGE_BYTES, Config, check, quote, transport_error
-from exec_gateway_client.gateway import _as_retryable, _without_none
+from exec_gateway_client.gateway import _as_retryable, _lines, _without_none
 from exec_gateway_client.models import (
     CreateSession,
     ExecuteRequest,
@@ -159,7 +159,7 @@ class AsyncSession:
                   on_input: InputSource | None = None) -> Result:
         """See ``Session.run``. Cancelled, it interrupts the cell and re-raises."""
         await self.ensure()
-        stdin = list(on_input) if on_input is not None and not callable(on_input) else None
+        stdin = _lines(on_input) if on_input is not None and not callable(on_input) else None
         try:
             if on_stdout or on_stderr or on_output or callable(on_input):
                 request = ExecuteRequest(code=code, timeout_s=timeout_s,

@@ -168,7 +168,7 @@ class Session:
         produces it; ``on_input`` answers ``input()`` (a callable given the prompt, or a list
         of lines; without it ``input()`` raises). Ctrl-C interrupts the cell and re-raises."""
         self.ensure()
-        stdin = list(on_input) if on_input is not None and not callable(on_input) else None
+        stdin = _lines(on_input) if on_input is not None and not callable(on_input) else None
         try:
             if on_stdout or on_stderr or on_output or callable(on_input):
                 request = ExecuteRequest(code=code, timeout_s=timeout_s,
@@ -359,6 +359,11 @@ class Packages:
         self.session.ensure()
         response = self.session.gw.request("GET", f"{self.session._path}/packages")
         return list(response.json()["packages"])
+
+
+def _lines(answers: Sequence[str]) -> list[str]:
+    """``on_input`` given as data: a list of lines, or one string of lines."""
+    return answers.splitlines() if isinstance(answers, str) else list(answers)
 
 
 def _without_none(body: dict[str, Any]) -> dict[str, Any]:
