@@ -18,12 +18,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -e '.[test]'
 	touch $@
 
+# the client SDK, its CLI and MCP server (client/, its own distribution) for tests/test_client.py
+$(VENV)/.installed-client: $(VENV)/.installed-test client/pyproject.toml
+	$(PIP) install -e './client[mcp]'
+	touch $@
+
 ## run: install into .venv and serve on 127.0.0.1:8888 (local sandbox, in-memory registry)
 run: $(VENV)/.installed
 	$(VENV)/bin/exec-gateway
 
 ## test: install test deps, build what the suite needs, lint, and run the whole suite
-test: $(VENV)/.installed-test test-deps
+test: $(VENV)/.installed-test $(VENV)/.installed-client test-deps
 	$(VENV)/bin/ruff check gateway tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -41,7 +46,7 @@ kernel-image:
 	bash kernel_image/build.sh
 
 ## bench: benchmarks; prints JSON and a table, writes bench/results/latest.json
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-test $(VENV)/.installed-client
 	$(PY) -m bench
 
 clean:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 FORWARDED_HEADER = "X-Exec-Gateway-Forwarded-By"  # on calls one replica forwards to another
+RETRY_AFTER_S = 1  # the Retry-After of 429 and 503 answers
 
 _CODES = {
     400: "bad_request",
@@ -142,6 +143,8 @@ class GatewayHandler(web.RequestHandler):
             self.set_header("Connection", "close")
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="exec-gateway"')
+        if status in (429, 503):  # busy or unavailable for now: when to try again
+            self.set_header("Retry-After", str(RETRY_AFTER_S))
         body = ErrorBody(error=ErrorDetail(code=code, message=message, details=details))
         self.finish(body.model_dump_json(exclude_none=True))
 
