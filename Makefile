@@ -29,17 +29,19 @@ run: $(VENV)/.installed
 
 ## test: install test deps, build what the suite needs, lint, and run the whole suite
 test: $(VENV)/.installed-test $(VENV)/.installed-client test-deps
-	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff check gateway tests bench client
 	$(VENV)/bin/mypy
+	cd client && ../$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-deps: system packages and images the suite uses (installed/built when missing)
 test-deps:
 	bash scripts/test-deps.sh
 
-lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check gateway tests bench
+lint: $(VENV)/.installed-test $(VENV)/.installed-client
+	$(VENV)/bin/ruff check gateway tests bench client
 	$(VENV)/bin/mypy
+	cd client && ../$(VENV)/bin/mypy
 
 ## kernel-image: build the sandbox image (works with no registry; see kernel_image/README.md)
 kernel-image:

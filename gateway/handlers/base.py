@@ -236,7 +236,7 @@ class ApiHandler(GatewayHandler):
             raise errors.OwnerUnreachable(
                 f"the gateway that owns this session cannot be reached: {exc}") from exc
         self.set_status(response.code)
-        for name in ("Content-Type", "Location"):
+        for name in ("Content-Type", "Location", "Retry-After"):
             if name in response.headers:
                 self.set_header(name, response.headers[name])
         if response.code == 204:
