@@ -9,6 +9,7 @@ Lone surrogates (which JSON answers cannot hold) become U+FFFD.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MAX_DEPTH = 64  # deepest nesting of a kernel message's content or metadata that is accepted
@@ -18,6 +19,7 @@ _SEPARATOR = 4  # quotes, colon, comma
 _SCALAR = 8  # a number, true, false, null
 
 TOO_DEEP = "<nested too deeply>"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(text: str) -> str:
@@ -27,8 +29,8 @@ def clean_text(text: str) -> str:
     try:
         text.encode("utf-8")
         return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # (a pair never reaches a str: JSON decoding joins it)
+        return _SURROGATE.sub("\ufffd", text)
 
 
 def text_size(text: str) -> int:
