@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     max_code_bytes: int = Field(1_000_000, ge=1)
     max_request_bytes: int = Field(2_000_000, ge=1024)
     max_output_bytes: int = Field(1_000_000, ge=1024)  # per REST result; beyond → truncated
+    max_outputs_per_cell: int = Field(1000, ge=1)  # display outputs kept per result
+    # a kernel message larger than this (all frames) is dropped and counted
+    max_kernel_message_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     max_stdin_lines: int = Field(1000, ge=0)
 
     reap_connected: bool = False  # also reap idle sessions that a WebSocket is watching
@@ -132,6 +135,17 @@ class Settings(BaseSettings):
     def _renew_within_ttl(self) -> Settings:
         if self.lease_renew_s >= self.lease_ttl_s:
             raise ValueError("lease_renew_s must be shorter than lease_ttl_s")
+        return self
+
+    @model_validator(mode="after")
+    def _kernel_is_not_the_gateway(self) -> Settings:
+        # a kernel with the gateway's own uid would own its host socket directory: it could
+        # chmod it, fill the host disk past every container limit, and plant what it likes
+        if self.launcher == "docker" and os.geteuid() != 0 \
+                and os.geteuid() == self.docker_kernel_uid:
+            raise ValueError(
+                f"docker_kernel_uid={self.docker_kernel_uid} is the gateway's own uid: run the "
+                "gateway as another user, or set GATEWAY_DOCKER_KERNEL_UID to a uid of its own")
         return self
 
     @field_validator("runtime_dir")

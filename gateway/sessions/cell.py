@@ -9,9 +9,11 @@ watcher of every kind.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway import errors
 from gateway.errors import KernelDied
@@ -25,6 +27,8 @@ from gateway.policy import EOF_INPUT
 from gateway.sessions.ladder import Replace, TimeoutLadder
 from gateway.sessions.session import Session
 from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +69,8 @@ class CellRunner:
         if _aborted_by_earlier_error(session, cell):
             self._reply_aborted(conn, cell)
             return None
-        collector = OutputCollector(self._settings.max_output_bytes)
+        collector = OutputCollector(self._settings.max_output_bytes,
+                                    self._settings.max_outputs_per_cell)
         status: ExecuteStatus | None = None
         reply: Message | None = None
         session.set_state(SessionState.busy)
@@ -93,15 +98,22 @@ class CellRunner:
         if status is None:
             status = _status_of(session, reply, collector)
         self._count_reply(session, conn, cell, reply, status)
-        result = ExecuteResult(
-            session_id=session.id, execution_count=session.execution_count,
-            generation=session.generation, status=status, state_preserved=preserved,
-            stdout=collector.stdout_text, stderr=collector.stderr_text,
-            outputs=collector.outputs, error=collector.error, truncated=collector.truncated,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        session.events.publish({"type": "result", "id": cell.request_id,
-                                "result": result.model_dump(mode="json")})
+        common: dict[str, Any] = {
+            "session_id": session.id, "execution_count": session.execution_count,
+                  "generation": session.generation, "state_preserved": preserved,
+                  "duration_ms": round((time.perf_counter() - started) * 1000, 3)}
+        try:
+            result = ExecuteResult(
+                status=status, stdout=collector.stdout_text, stderr=collector.stderr_text,
+                outputs=collector.outputs, error=collector.error, truncated=collector.truncated,
+                **common)
+            dumped = result.model_dump(mode="json")
+        except ValueError:  # never expected (output is sanitised); the result must still go out
+            log.exception("cell result could not be encoded session_id=%s", session.id)
+            result = ExecuteResult(status=ExecuteStatus.error, truncated=True, error=ErrorInfo(
+                ename="OutputError", evalue="the cell's output could not be encoded"), **common)
+            dumped = result.model_dump(mode="json")
+        session.events.publish({"type": "result", "id": cell.request_id, "result": dumped})
         self._metrics.executes.labels(result.status.value).inc()
         self._metrics.execute_seconds.observe(result.duration_ms / 1000)
         return result

@@ -91,6 +91,9 @@ class KernelSlot:
     def _hold(self, handle: KernelHandle, conn: KernelConnection,
               exited: asyncio.Future[ExitInfo]) -> None:
         conn.iopub_tap = self._tap
+        conn.max_message_bytes = self._kernels.settings.max_kernel_message_bytes
+        conn.on_reject = lambda reason: self._kernels.metrics.kernel_messages_rejected.labels(
+            reason).inc()
         self.handle, self._conn, self.exit_info = handle, conn, None
         self._watcher = asyncio.create_task(self._watch(conn, exited))
 
