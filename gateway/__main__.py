@@ -14,7 +14,7 @@ from tornado import netutil
 
 from gateway import __version__
 from gateway.app import build_services, make_app, make_server
-from gateway.settings import Settings
+from gateway.settings import Settings, describe_error
 
 log = logging.getLogger("gateway")
 
@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.load(args.config)
-    except (pydantic.ValidationError, FileNotFoundError, ValueError) as exc:
+    except pydantic.ValidationError as exc:
+        print(f"exec-gateway: invalid settings: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:  # (a TOML syntax error names line, column)
         print(f"exec-gateway: invalid settings: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

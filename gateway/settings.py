@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -177,3 +177,11 @@ class Settings(BaseSettings):
                 return (init_settings, env_settings, toml)
 
         return _FromFile(**overrides)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """A settings error as one line per problem, naming the setting but never echoing its value
+    (pydantic's own text quotes the input: a token, a password)."""
+    problems = exc.errors(include_input=False, include_url=False, include_context=False)
+    lines = [f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in problems]
+    return "; ".join(lines)
