@@ -14,6 +14,7 @@ from tornado import netutil
 
 from gateway import __version__
 from gateway.app import build_services, make_app, make_server
+from gateway.auth import KeysFileError
 from gateway.settings import Settings, describe_error
 
 log = logging.getLogger("gateway")
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
+    except KeysFileError as exc:
+        print(f"exec-gateway: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"exec-gateway: cannot serve: {exc}", file=sys.stderr)
         return 1

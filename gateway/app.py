@@ -25,12 +25,14 @@ KID = r"(?P<kernel_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 
 def build_services(settings: Settings) -> Services:
+    """Raises KeysFileError before anything else is set up."""
+    auth = Auth.from_settings(settings)
     metrics = Metrics()
     launcher = make_launcher(settings)
     registry = make_registry(settings)
     return Services(
         settings=settings,
-        auth=Auth.from_settings(settings),
+        auth=auth,
         manager=SessionManager(settings, launcher, registry, metrics),
         launcher=launcher,
         registry=registry,
