@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     # restarted gateway re-adopts its sessions. Give each replica its own.
     instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     keep_kernels_on_shutdown: bool | None = None  # None: keep them with redis + docker
+    # open HTTP connections at most (WebSockets, once upgraded, are not counted); also kept
+    # below RLIMIT_NOFILE less room for every session's kernel. At the cap a new connection
+    # replaces the one idle longest (no request yet, or between requests).
+    max_connections: int = Field(4096, ge=1)
+    header_timeout_s: float = Field(10.0, gt=0)  # a new connection's first request headers
+    keepalive_timeout_s: float = Field(60.0, gt=0)  # idle between requests on a connection
+    body_timeout_s: float = Field(60.0, gt=0)  # to receive a whole request body
 
     # --- auth
     token: SecretStr | None = None  # one API key; generated and printed if no key is configured
