@@ -5,6 +5,7 @@ Read once by ``__main__`` and passed down; nothing else reads ``os.environ``.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -129,6 +130,9 @@ class Settings(BaseSettings):
     # the kernel's group when the gateway runs as root (otherwise the gateway's own gid, so
     # the gateway can reach the kernel's sockets through the setgid socket directory)
     docker_kernel_gid: int = Field(1000, ge=1)
+    # seccomp profile (Docker's JSON format) for kernel containers; None: the bundled one,
+    # Docker's default less what a Python kernel never needs (see the README)
+    docker_seccomp_profile: Path | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -137,6 +141,19 @@ class Settings(BaseSettings):
         if self.lease_renew_s >= self.lease_ttl_s:
             raise ValueError("lease_renew_s must be shorter than lease_ttl_s")
         return self
+
+    @field_validator("docker_seccomp_profile")
+    @classmethod
+    def _seccomp_profile_is_json(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                profile = json.loads(value.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise ValueError(f"cannot read a JSON seccomp profile from {value}: "
+                                 f"{type(exc).__name__}") from None
+            if not isinstance(profile, dict) or "defaultAction" not in profile:
+                raise ValueError(f"{value} is not a seccomp profile (no defaultAction)")
+        return value
 
     @field_validator("runtime_dir")
     @classmethod

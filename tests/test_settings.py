@@ -85,3 +85,16 @@ def test_settings_errors_never_print_secret_values(tmp_path: Path) -> None:
         assert says in done.stderr
         assert secret[:6] not in done.stdout + done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_seccomp_profile_must_be_a_json_profile(tmp_path: Path) -> None:
+    bad = tmp_path / "p.json"
+    for content in ("not json", '{"syscalls": []}'):
+        bad.write_text(content)
+        with pytest.raises(pydantic.ValidationError, match="seccomp profile"):
+            Settings(docker_seccomp_profile=bad)
+    with pytest.raises(pydantic.ValidationError, match="seccomp profile"):
+        Settings(docker_seccomp_profile=tmp_path / "missing.json")
+    from gateway.launchers.docker import SECCOMP_PROFILE
+
+    assert Settings(docker_seccomp_profile=SECCOMP_PROFILE).docker_seccomp_profile
