@@ -115,6 +115,12 @@ class GatewayHandler(web.RequestHandler):
                         raise
                     manager.owner_down(exc.url)  # then ask the registry again
 
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler serves (for a 405's ``Allow``): those it defines."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower(), None) is not getattr(web.RequestHandler,
+                                                                       m.lower(), None)]
+
     def origin_allowed(self, origin: str) -> bool:
         return origin in self.services.settings.allowed_origins
 
@@ -133,6 +139,7 @@ class GatewayHandler(web.RequestHandler):
             status, code, message, details = 500, "internal_error", "internal error", None
         if status == 405:
             message = f"method {self.request.method} is not allowed here"
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         if not getattr(self, "_prepared", True):
@@ -185,7 +192,7 @@ class ApiHandler(GatewayHandler):
             self.set_header("Access-Control-Max-Age", "600")
             self.add_header("Vary", "Origin")
 
-    async def options(self, *args: str) -> None:
+    async def options(self, *args: str, **kwargs: str) -> None:
         """CORS preflight: headers come from set_default_headers."""
         self.set_status(204)
         self.finish()
