@@ -1,8 +1,11 @@
-"""OpenAPI: the v1 document, generated from the pydantic wire models."""
+"""OpenAPI: the v1 document, generated from the pydantic wire models and this server's
+settings (the limits it enforces on valid-looking input are in the document, so a request
+the document calls valid is not refused with a 400)."""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -18,6 +21,9 @@ from gateway.models import (
     SessionInfo,
     SessionList,
 )
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 _MODELS: list[type[BaseModel]] = [
     CreateSession, ExecuteRequest, ExecuteResult, SessionInfo, SessionList, ErrorBody, Health,
@@ -44,10 +50,47 @@ def _op(summary: str, ok: int, model: type[BaseModel] | None, body: type[BaseMod
     return op
 
 
-def build_openapi() -> dict[str, Any]:
+def _with_maximum(prop: dict[str, Any], maximum: float) -> None:
+    """Cap the numeric branch of a (possibly nullable) property at ``maximum``."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") in ("integer", "number"):
+            branch["maximum"] = min(maximum, branch.get("maximum", maximum))
+
+
+def _server_limits(schemas: dict[str, Any], settings: Settings) -> None:
+    """What SessionManager checks beyond the models, written into the request schemas."""
+    asked = copy.deepcopy(schemas["Limits"])  # responses keep Limits: defaults may be higher
+    asked["title"] = "RequestedLimits"
+    for name, top in settings.max_limits.model_dump().items():
+        if top is not None:
+            _with_maximum(asked["properties"][name], top)
+    schemas["RequestedLimits"] = asked
+    create = schemas["CreateSession"]["properties"]
+    for branch in create["limits"]["anyOf"]:
+        if "$ref" in branch:
+            branch["$ref"] = "#/components/schemas/RequestedLimits"
+    env = next(b for b in create["env"]["anyOf"] if b.get("type") == "object")
+    env["additionalProperties"] = {"type": "string", "maxLength": 4096,
+                                   "pattern": "^[^\\x00-\\x1f]*$"}
+    if settings.env_allowlist:
+        env["propertyNames"] = {"enum": sorted(settings.env_allowlist)}
+    else:
+        env["maxProperties"] = 0
+    execute = schemas["ExecuteRequest"]["properties"]
+    _with_maximum(execute["timeout_s"], settings.max_timeout_s)
+    for branch in execute["stdin"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["maxItems"] = settings.max_stdin_lines
+    execute["code"]["description"] = (f"at most max_code_bytes ({settings.max_code_bytes}) "
+                                      f"bytes of UTF-8 (413 beyond)")
+
+
+def build_openapi(settings: Settings) -> dict[str, Any]:
     _, schema = models_json_schema(
         [(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}"
     )
+    schemas = schema.get("$defs", {})
+    _server_limits(schemas, settings)
     sid = {"name": "session_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": SESSION_ID_PATTERN}}
 
@@ -58,7 +101,7 @@ def build_openapi() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "exec-gateway", "version": __version__},
         "components": {
-            "schemas": schema.get("$defs", {}),
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -82,7 +125,13 @@ def build_openapi() -> dict[str, Any]:
             },
             "/healthz": {"get": {**_op("Liveness and capabilities", 200, Health), "security": []}},
             "/readyz": {"get": _op("Readiness: launcher and registry reachable", 200, Health)},
-            "/metrics": {"get": {"summary": "Prometheus metrics",
-                                 "responses": {"200": {"description": "text exposition"}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "Prometheus text exposition",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": {"description": "missing or invalid token", **_json(ErrorBody)},
+                },
+            }},
         },
     }

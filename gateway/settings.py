@@ -5,6 +5,7 @@ Read once by ``__main__`` and passed down; nothing else reads ``os.environ``.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +46,13 @@ class Settings(BaseSettings):
     # restarted gateway re-adopts its sessions. Give each replica its own.
     instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     keep_kernels_on_shutdown: bool | None = None  # None: keep them with redis + docker
+    # open HTTP connections at most (WebSockets, once upgraded, are not counted); also kept
+    # below RLIMIT_NOFILE less room for every session's kernel. At the cap a new connection
+    # replaces the one idle longest (no request yet, or between requests).
+    max_connections: int = Field(4096, ge=1)
+    header_timeout_s: float = Field(10.0, gt=0)  # a new connection's first request headers
+    keepalive_timeout_s: float = Field(60.0, gt=0)  # idle between requests on a connection
+    body_timeout_s: float = Field(60.0, gt=0)  # to receive a whole request body
 
     # --- auth
     token: SecretStr | None = None  # one API key; generated and printed if no key is configured
@@ -128,6 +136,9 @@ class Settings(BaseSettings):
     # the kernel's group when the gateway runs as root (otherwise the gateway's own gid, so
     # the gateway can reach the kernel's sockets through the setgid socket directory)
     docker_kernel_gid: int = Field(1000, ge=1)
+    # seccomp profile (Docker's JSON format) for kernel containers; None: the bundled one,
+    # Docker's default less what a Python kernel never needs (see the README)
+    docker_seccomp_profile: Path | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -147,6 +158,19 @@ class Settings(BaseSettings):
                 f"docker_kernel_uid={self.docker_kernel_uid} is the gateway's own uid: run the "
                 "gateway as another user, or set GATEWAY_DOCKER_KERNEL_UID to a uid of its own")
         return self
+
+    @field_validator("docker_seccomp_profile")
+    @classmethod
+    def _seccomp_profile_is_json(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                profile = json.loads(value.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise ValueError(f"cannot read a JSON seccomp profile from {value}: "
+                                 f"{type(exc).__name__}") from None
+            if not isinstance(profile, dict) or "defaultAction" not in profile:
+                raise ValueError(f"{value} is not a seccomp profile (no defaultAction)")
+        return value
 
     @field_validator("runtime_dir")
     @classmethod
@@ -194,3 +218,11 @@ class Settings(BaseSettings):
                 return (init_settings, env_settings, toml)
 
         return _FromFile(**overrides)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """A settings error as one line per problem, naming the setting but never echoing its value
+    (pydantic's own text quotes the input: a token, a password)."""
+    problems = exc.errors(include_input=False, include_url=False, include_context=False)
+    lines = [f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in problems]
+    return "; ".join(lines)

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
 from gateway import __version__, errors
-from gateway.handlers.base import ApiHandler
+from gateway.handlers.base import ApiHandler, Services
 from gateway.models import Health
 from gateway.openapi import build_openapi
 
@@ -59,13 +59,20 @@ class MetricsHandler(ApiHandler):
 
 
 class OpenAPIHandler(ApiHandler):
+    """The document, built once per app from its settings (see ``openapi_document``)."""
+
     auth_required = False
-    _document: bytes | None = None
+
+    def initialize(self, services: Services, document: bytes) -> None:  # type: ignore[override]
+        super().initialize(services)
+        self.document = document
 
     async def get(self) -> None:
-        if OpenAPIHandler._document is None:
-            OpenAPIHandler._document = json.dumps(build_openapi()).encode()
-        self.finish(OpenAPIHandler._document)
+        self.finish(self.document)
+
+
+def openapi_document(services: Services) -> bytes:
+    return json.dumps(build_openapi(services.settings)).encode()
 
 
 # HTML output of cells is shown in sandboxed iframes; nothing else may load from elsewhere.

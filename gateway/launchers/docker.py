@@ -7,6 +7,15 @@ memory (swap equal) and CPU limits, an init process, and one host path only: the
 socket directory, mounted at ``/kernel``. Deaths are learnt from ONE engine event stream
 (``die``/``oom``) read by a background thread, then the container is inspected for why.
 
+Seccomp: every container gets ``seccomp.json`` (next to this module), or the profile
+``docker_seccomp_profile`` names. The bundled one is Docker's default profile (moby/profiles
+seccomp v0.2.3, ``default.json`` as vendored in moby/moby b985e2313a) with these names taken
+out of every rule and nothing else changed: ptrace, process_vm_readv, process_vm_writev, kcmp,
+pidfd_getfd, process_madvise (reading or steering another process: the container's init, a
+sibling), personality (turning ASLR off), bpf, perf_event_open. io_uring_*, userfaultfd,
+keyctl, add_key and request_key are not in that default at all (Docker 20.10's allowed
+io_uring): they fail with EPERM like every call no rule allows.
+
 Socket permissions: the socket directory belongs to the gateway's uid and to a group the
 kernel runs with (the gateway's own gid, or ``docker_kernel_gid`` when the gateway is root),
 setgid, mode 2770; the kernel's ``umask 007`` makes its sockets group read/write. Once the
@@ -65,6 +74,7 @@ _SOCKET_NAMES = tuple(f"k-{n}" for n in range(1, 6))
 _DIR_OPEN = 0o2770  # setgid: the kernel's sockets join the directory's group
 _DIR_LOCKED = 0o2750  # after start-up: the kernel may connect, not create
 _LOG_MAX = "1m"  # the container's stdout/stderr log on the host; a kernel may print a lot
+SECCOMP_PROFILE = Path(__file__).with_name("seccomp.json")
 
 # Errors that mean "the engine cannot be reached", as opposed to "it refused this request".
 _UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
@@ -86,6 +96,10 @@ class DockerLauncher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._runtime_dir = settings.runtime_dir
+        # the engine takes the profile itself, not a path (compact: it is in every container's
+        # HostConfig); settings checked the file is a JSON profile
+        profile = json.loads((settings.docker_seccomp_profile or SECCOMP_PROFILE).read_text())
+        self._seccomp = "seccomp=" + json.dumps(profile, separators=(",", ":"))
         self._client: docker.DockerClient | None = None
         self._start_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -286,7 +300,7 @@ class DockerLauncher:
             shm_size=f"{limits.disk_mb}m" if limits.disk_mb else None,
             mounts=[Mount(target=KERNEL_DIR, source=str(socket_dir), type="bind")],
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
+            security_opt=["no-new-privileges", self._seccomp],
             pids_limit=limits.pids,
             mem_limit=f"{limits.memory_mb}m" if limits.memory_mb else None,
             memswap_limit=f"{limits.memory_mb}m" if limits.memory_mb else None,

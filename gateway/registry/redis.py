@@ -5,12 +5,19 @@ Records hold kernels' HMAC keys: Redis is trusted infrastructure (use a password
 prefix: ``session:<owner>:<session_id>`` → the record as JSON; ``sessions`` → a set of those
 keys, so listing never needs SCAN; ``lease:<owner>:<session_id>`` → the holder's instance id,
 expiring (PX). Leases change only through Lua scripts, so check-and-set is atomic.
+
+Owner and session id are percent-encoded (``quote(..., safe="")``), so neither ever holds the
+``:`` separator: no owner's keys start with another owner's (``alice`` vs ``alice:ci``), and a
+key parses back to exactly one (owner, session id). Names made of ``A-Za-z0-9._-`` (every
+session id, the usual key names) encode to themselves, so records written before keep their
+keys.
 """
 
 from __future__ import annotations
 
 import builtins
 from typing import Any
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -61,10 +68,14 @@ class RedisRegistry:
         self._release = self._redis.register_script(_RELEASE)
 
     def _key(self, owner: str, session_id: str) -> str:
-        return f"{self.prefix}session:{owner}:{session_id}"
+        return f"{self._owner_keys(owner)}{_encode(session_id)}"
+
+    def _owner_keys(self, owner: str) -> str:
+        """What every record key of ``owner`` starts with, and no other owner's does."""
+        return f"{self.prefix}session:{_encode(owner)}:"
 
     def _lease(self, owner: str, session_id: str) -> str:
-        return f"{self.prefix}lease:{owner}:{session_id}"
+        return f"{self.prefix}lease:{_encode(owner)}:{_encode(session_id)}"
 
     @property
     def _index(self) -> str:
@@ -108,11 +119,13 @@ class RedisRegistry:
             members = await self._redis.smembers(self._index)
             keys = sorted(k.decode() if isinstance(k, bytes) else k for k in members)
             if owner is not None:
-                keys = [k for k in keys if k.startswith(f"{self.prefix}session:{owner}:")]
+                mine = self._owner_keys(owner)
+                keys = [k for k in keys if k.startswith(mine) and ":" not in k[len(mine):]]
             values = await self._redis.mget(keys) if keys else []
         except (RedisError, OSError) as exc:
             raise RegistryUnavailable("redis is not reachable") from exc
-        return [SessionRecord.model_validate_json(v) for v in values if v is not None]
+        records = [SessionRecord.model_validate_json(v) for v in values if v is not None]
+        return [r for r in records if owner in (None, r.owner)]
 
     async def claim(
         self, keys: builtins.list[SessionKey], holder: str, ttl_s: float
@@ -143,3 +156,8 @@ class RedisRegistry:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _encode(component: str) -> str:
+    """A key component that never holds ':' (percent-encoding: ``%`` itself is encoded too)."""
+    return quote(component, safe="")
