@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SESSION_ID_PATTERN = SESSION_ID_RE.pattern
@@ -22,10 +22,19 @@ class Request(BaseModel):
 class Limits(Request):
     """Sandbox limits of one session. ``None`` means the server default."""
 
-    memory_mb: int | None = Field(None, ge=32, description="memory limit (swap included), MiB")
+    # the least an interpreter starts in (a local kernel with its RLIMIT_DATA needs ~100 MiB)
+    memory_mb: int | None = Field(None, ge=128, description="memory limit (swap included), MiB")
     cpus: float | None = Field(None, gt=0, le=64, allow_inf_nan=False, description="CPU quota")
     pids: int | None = Field(None, ge=32, description="maximum processes and threads")
     disk_mb: int | None = Field(None, ge=1, description="writable scratch space, MiB")
+
+    @field_validator("memory_mb", "pids", "disk_mb", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        """JSON has one number type: 256.0 is the integer 256 (as JSON Schema says)."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class CreateSession(Request):

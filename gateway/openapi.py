@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway import __version__
+from gateway import __version__, policy
 from gateway.models import (
     SESSION_ID_PATTERN,
     CreateSession,
@@ -72,6 +72,9 @@ def _server_limits(schemas: dict[str, Any], settings: Settings) -> None:
     env = next(b for b in create["env"]["anyOf"] if b.get("type") == "object")
     env["additionalProperties"] = {"type": "string", "maxLength": 4096,
                                    "pattern": "^[^\\x00-\\x1f]*$"}
+    if "PYTHONHASHSEED" in settings.env_allowlist:
+        env["properties"] = {"PYTHONHASHSEED": {"type": "string",
+                                                "pattern": policy.HASH_SEED_PATTERN}}
     if settings.env_allowlist:
         env["propertyNames"] = {"enum": sorted(settings.env_allowlist)}
     else:

@@ -16,15 +16,10 @@ from tests.conftest import Gateway, start_gateway
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway sized for the generated calls: every created session is a real kernel, reaped
-    after a few idle seconds. Without RLIMIT_DATA: a local kernel does not start with 96 MB
-    of it (a Docker kernel does with 48 MB), while the document allows memory_mb from 32; the
-    least a launcher can honour is not in the document yet. PYTHONHASHSEED is left out of the
-    allowlist: any value but "random" or an integer stops the kernel starting (503), and the
-    server does not check it yet."""
+    after a few idle seconds."""
     gateway = start_gateway(tmp_path_factory.mktemp("gw"), pool_size=0, idle_timeout_s=3,
                             reap_interval_s=1, max_sessions=64, max_sessions_per_key=64,
-                            default_timeout_s=5, max_timeout_s=30, local_memory_rlimit="false",
-                            env_allowlist='["LANG", "LC_ALL", "TZ"]')
+                            default_timeout_s=5, max_timeout_s=30)
     yield gateway
     gateway.stop()
     shutil.rmtree(gateway.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
