@@ -46,7 +46,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,17 @@ SECCOMP_PROFILE = Path(__file__).with_name("seccomp.json")
 
 # Errors that mean "the engine cannot be reached", as opposed to "it refused this request".
 _UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+ENGINE_ERRORS = (docker.errors.DockerException, *_UNREACHABLE)  # what an engine call raises
+
+
+@contextlib.contextmanager
+def engine_errors(doing: str) -> Iterator[None]:
+    """Engine errors as the one domain error callers handle, ``doing: <the error>`` (httpx's
+    ``map_httpcore_exceptions``); the engine's own exception stays the ``__cause__``."""
+    try:
+        yield
+    except ENGINE_ERRORS as exc:
+        raise LauncherUnavailable(f"{doing}: {exc}") from exc
 
 
 def _exit_info(exit_code: int | None, oom_killed: bool) -> ExitInfo:
@@ -120,7 +131,7 @@ class DockerLauncher:
             else:
                 client = docker.DockerClient.from_env(timeout=timeout)
             client.ping()
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+        except ENGINE_ERRORS as exc:
             raise LauncherUnavailable(f"cannot reach the Docker engine: {exc}") from exc
         return client
 
@@ -146,13 +157,13 @@ class DockerLauncher:
         client = await self._ready()
         image = self._settings.docker_image
         try:
-            await asyncio.to_thread(client.api.inspect_image, image)
-        except docker.errors.ImageNotFound as exc:
-            raise LauncherUnavailable(
-                f"image {image} not found: run `make kernel-image`"
-            ) from exc
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            raise LauncherUnavailable(f"cannot reach the Docker engine: {exc}") from exc
+            with engine_errors("cannot reach the Docker engine"):
+                await asyncio.to_thread(client.api.inspect_image, image)
+        except LauncherUnavailable as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound):
+                raise LauncherUnavailable(
+                    f"image {image} not found: run `make kernel-image`") from exc.__cause__
+            raise
         try:
             self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -174,7 +185,7 @@ class DockerLauncher:
         while not self._stopping.is_set():
             try:
                 stream = self._client.api.events(filters=filters, since=since, decode=True)
-            except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            except ENGINE_ERRORS as exc:
                 log.warning("docker event stream unavailable, retrying: %s", exc)
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
@@ -192,7 +203,7 @@ class DockerLauncher:
                 for event in stream:
                     since = int(event.get("time", time.time()))
                     self._post(self._on_event, event)
-            except (docker.errors.DockerException, *_UNREACHABLE, OSError, ValueError) as exc:
+            except (*ENGINE_ERRORS, OSError, ValueError) as exc:
                 if not self._stopping.is_set():
                     log.warning("docker event stream broke, reconnecting: %s", exc)
             with contextlib.suppress(Exception):
@@ -242,7 +253,7 @@ class DockerLauncher:
         assert self._client is not None
         try:
             attrs = await asyncio.to_thread(self._client.api.inspect_container, container_id)
-        except (docker.errors.DockerException, *_UNREACHABLE):
+        except ENGINE_ERRORS:
             return None
         state: dict[str, Any] = attrs.get("State") or {}
         return state
@@ -379,7 +390,7 @@ class DockerLauncher:
         assert self._client is not None
         try:
             out = await asyncio.to_thread(self._client.api.logs, container_id, tail=lines)
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+        except ENGINE_ERRORS as exc:
             return f"(no output: {exc})"
         return bytes(out).decode("utf-8", "replace")
 
@@ -434,7 +445,7 @@ class DockerLauncher:
                     await asyncio.to_thread(client.api.stop, container_id,
                                             timeout=math.ceil(grace_s))
             await self._remove(container_id)
-        except (docker.errors.DockerException, LauncherUnavailable, *_UNREACHABLE) as exc:
+        except (*ENGINE_ERRORS, LauncherUnavailable) as exc:
             # the container stays behind, labelled: the next start-up removes it
             log.warning("could not remove container=%s: %s", container_id[:12], exc)
         finally:
@@ -453,12 +464,10 @@ class DockerLauncher:
         summaries (``Id``, ``Labels``, ``State``...), of every gateway. Raises
         LauncherUnavailable."""
         client = await self._ready()
-        try:
+        with engine_errors("cannot list containers"):
             found: list[dict[str, Any]] = await asyncio.to_thread(
                 client.api.containers, all=True, filters={"label": f"{LABEL_MANAGED}=true"}
             )
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            raise LauncherUnavailable(f"cannot list containers: {exc}") from exc
         return found
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
@@ -477,7 +486,7 @@ class DockerLauncher:
                 continue
             if labels.get(LABEL_GATEWAY) != self._settings.instance_id:
                 continue
-            with contextlib.suppress(docker.errors.DockerException, *_UNREACHABLE):
+            with contextlib.suppress(*ENGINE_ERRORS):
                 await self._remove(summary["Id"])
                 removed += 1
             socket_dir = Path(labels.get(LABEL_SOCKET_DIR, ""))
@@ -492,11 +501,12 @@ class DockerLauncher:
         LauncherUnavailable when the engine does not answer (it cannot tell)."""
         client = await self._ready()
         try:
-            attrs = await asyncio.to_thread(client.api.inspect_container, handle.ref)
-        except docker.errors.NotFound:
-            return False
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            raise LauncherUnavailable(f"cannot inspect container: {exc}") from exc
+            with engine_errors("cannot inspect container"):
+                attrs = await asyncio.to_thread(client.api.inspect_container, handle.ref)
+        except LauncherUnavailable as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return False
+            raise
         running = bool((attrs.get("State") or {}).get("Running"))
         return running and await asyncio.to_thread(Path(handle.socket_dir).is_dir)
 

@@ -16,6 +16,8 @@ keys.
 from __future__ import annotations
 
 import builtins
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -44,6 +46,16 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
+    """Redis and socket errors as the one domain error callers handle (httpx's
+    ``map_httpcore_exceptions``): every Redis call of this module runs inside it."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise RegistryUnavailable(f"redis is not reachable: {type(exc).__name__}") from exc
 
 
 class RedisRegistry:
@@ -82,48 +94,38 @@ class RedisRegistry:
         return f"{self.prefix}sessions"
 
     async def ping(self) -> None:
-        try:
+        with translated_errors():
             await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"redis is not reachable: {type(exc).__name__}") from exc
 
     async def get(self, owner: str, session_id: str) -> SessionRecord | None:
-        try:
+        with translated_errors():
             raw = await self._redis.get(self._key(owner, session_id))
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
         return SessionRecord.model_validate_json(raw) if raw is not None else None
 
     async def put(self, record: SessionRecord) -> None:
         key = self._key(record.owner, record.session_id)
-        try:
+        with translated_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(key, record.model_dump_json())
                 pipe.sadd(self._index, key)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
 
     async def delete(self, owner: str, session_id: str) -> None:
         key = self._key(owner, session_id)
-        try:
+        with translated_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.srem(self._index, key)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
 
     async def list(self, owner: str | None = None) -> list[SessionRecord]:
-        try:
+        with translated_errors():
             members = await self._redis.smembers(self._index)
             keys = sorted(k.decode() if isinstance(k, bytes) else k for k in members)
             if owner is not None:
                 mine = self._owner_keys(owner)
                 keys = [k for k in keys if k.startswith(mine) and ":" not in k[len(mine):]]
             values = await self._redis.mget(keys) if keys else []
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
         records = [SessionRecord.model_validate_json(v) for v in values if v is not None]
         return [r for r in records if owner in (None, r.owner)]
 
@@ -132,27 +134,21 @@ class RedisRegistry:
     ) -> builtins.list[bool]:
         if not keys:
             return []
-        try:
+        with translated_errors():
             granted = await self._claim(keys=[self._lease(*k) for k in keys],
                                         args=[holder, max(1, round(ttl_s * 1000))])
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
         return [bool(g) for g in granted]
 
     async def lookup(self, owner: str, session_id: str) -> tuple[SessionRecord | None, str | None]:
-        try:
+        with translated_errors():
             raw, lease = await self._redis.mget(self._key(owner, session_id),
                                                 self._lease(owner, session_id))
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
         record = SessionRecord.model_validate_json(raw) if raw is not None else None
         return record, lease.decode() if isinstance(lease, bytes) else lease
 
     async def release(self, owner: str, session_id: str, holder: str) -> None:
-        try:
+        with translated_errors():
             await self._release(keys=[self._lease(owner, session_id)], args=[holder])
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()
