@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     max_output_bytes: int = Field(1_000_000, ge=1024)  # per REST result; beyond → truncated
     max_stdin_lines: int = Field(1000, ge=0)
 
+    # --- one-shot runs (POST /v1/run) and background runs (wait: false)
+    max_tests: int = Field(50, ge=0)  # test cases in one /v1/run request
+    run_concurrency: int = Field(4, ge=1)  # sandboxes one /v1/run request uses at once
+    run_retention_s: float = Field(600.0, gt=0, allow_inf_nan=False)  # finished runs kept
+    run_keep_per_session: int = Field(32, ge=1)  # finished runs kept per session (oldest go)
+    # modules kernels refuse to import (an audit hook; defense in depth, not a boundary)
+    kernel_blocked_modules: list[str] = []
+
     reap_connected: bool = False  # also reap idle sessions that a WebSocket is watching
 
     # --- WebSocket

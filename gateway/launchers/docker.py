@@ -49,6 +49,7 @@ from docker.types import LogConfig, Mount, Ulimit
 from gateway.errors import GatewayError, KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
 from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec
+from gateway.launchers.meters import CgroupFiles, CgroupMeter, cgroup_files
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class DockerLauncher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exits: dict[str, asyncio.Future[ExitInfo]] = {}  # container id → its exit
         self._oom_seen: set[str] = set()
+        self._cgroups: dict[str, CgroupFiles] = {}  # container id → where its figures are
         self._tasks: set[asyncio.Future[None]] = set()
         self._events: Any = None  # the open docker CancellableStream
         self._events_thread: threading.Thread | None = None
@@ -426,9 +428,25 @@ class DockerLauncher:
         finally:
             self._exits.pop(container_id, None)
             self._oom_seen.discard(container_id)
+            self._cgroups.pop(container_id, None)
             if exited is not None and not exited.done():
                 exited.set_result(ExitInfo(signal=signal.SIGKILL))
             await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
+
+    async def meter(self, handle: KernelHandle) -> CgroupMeter | None:
+        """The container's cgroup: found at the usual places, else through its init's pid
+        (one inspect, then cached while the container runs)."""
+        files = self._cgroups.get(handle.ref)
+        if files is None:
+            files = cgroup_files(handle.ref)
+        if files is None:
+            state = await self._state(handle.ref) if self._client is not None else None
+            pid = state.get("Pid") if state else None
+            files = cgroup_files(handle.ref, pid) if isinstance(pid, int) and pid > 0 else None
+        if files is None:
+            return None
+        self._cgroups[handle.ref] = files
+        return CgroupMeter(files)
 
     async def remove_workspace(self, handle: KernelHandle) -> None:
         return None  # /work was a tmpfs of the container: gone with it

@@ -22,6 +22,7 @@ from pathlib import Path
 from gateway.errors import KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
 from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec
+from gateway.launchers.meters import ProcMeter
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,9 @@ class LocalLauncher:
                     continue
         self._exits.pop(handle.ref, None)
         await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
+
+    async def meter(self, handle: KernelHandle) -> ProcMeter | None:
+        return ProcMeter(int(handle.ref)) if handle.ref in self._procs else None
 
     async def remove_workspace(self, handle: KernelHandle) -> None:
         workdir = handle.extra.get("workdir")
