@@ -87,10 +87,18 @@ def same_json(a: Any, b: Any) -> bool:
 
 
 def short_diff(expected: str, actual: str) -> str:
-    """A unified diff (expected → actual) of at most MAX_DIFF_LINES lines."""
-    lines = list(difflib.unified_diff(
-        expected.splitlines()[:MAX_DIFF_INPUT_LINES], actual.splitlines()[:MAX_DIFF_INPUT_LINES],
-        "expected", "actual", n=2, lineterm=""))
+    """A unified diff (expected → actual) of at most MAX_DIFF_LINES lines; where the texts
+    differ only in line endings or trailing whitespace, of the lines' reprs."""
+    lines = _unified(expected.splitlines(), actual.splitlines())
+    if not lines and expected != actual:
+        lines = _unified([repr(x) for x in expected.splitlines(keepends=True)],
+                         [repr(x) for x in actual.splitlines(keepends=True)])
     if len(lines) > MAX_DIFF_LINES:
         lines = [*lines[:MAX_DIFF_LINES], f"... ({len(lines) - MAX_DIFF_LINES} more lines)"]
     return "\n".join(line[:500] for line in lines)
+
+
+def _unified(expected: list[str], actual: list[str]) -> list[str]:
+    return list(difflib.unified_diff(expected[:MAX_DIFF_INPUT_LINES],
+                                     actual[:MAX_DIFF_INPUT_LINES], "expected", "actual",
+                                     n=2, lineterm=""))

@@ -94,6 +94,7 @@ class OneShots:
         tests = req.tests or []
         wanted = min(1 + len(tests), self._settings.run_concurrency)
         with self._table.hold(owner, wanted) as places:
+            self._kernels.pool.refill()  # pooled kernels beyond what capacity now allows go
             gate = asyncio.Semaphore(places)
             outcomes = await asyncio.gather(
                 self._program(owner, limits, [Step(req.code, req.entrypoint)],
