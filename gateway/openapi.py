@@ -15,12 +15,16 @@ from gateway.models import (
     ExecuteRequest,
     ExecuteResult,
     Health,
+    RunAccepted,
+    RunInfo,
+    RunRequest,
     SessionInfo,
     SessionList,
 )
 
 _MODELS: list[type[BaseModel]] = [
     CreateSession, ExecuteRequest, ExecuteResult, SessionInfo, SessionList, ErrorBody, Health,
+    RunRequest, RunAccepted, RunInfo,
 ]
 
 
@@ -40,8 +44,12 @@ def _op(summary: str, ok: int, model: type[BaseModel] | None, body: type[BaseMod
     }
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": body is ExecuteRequest, **_json(body)}
+        op["requestBody"] = {"required": body in (ExecuteRequest, RunRequest), **_json(body)}
     return op
+
+
+def _named(operation_id: str, op: dict[str, Any]) -> dict[str, Any]:
+    return {"operationId": operation_id, **op}
 
 
 def build_openapi() -> dict[str, Any]:
@@ -51,6 +59,12 @@ def build_openapi() -> dict[str, Any]:
     sid = {"name": "session_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": SESSION_ID_PATTERN}}
 
+    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    wait_s = {"name": "wait_s", "in": "query", "required": False,
+              "description": "long-poll: answer when the run finishes or after this many "
+                             "seconds (at most 60)",
+              "schema": {"type": "number", "minimum": 0, "maximum": 60}}
+
     def with_id(op: dict[str, Any]) -> dict[str, Any]:
         return {**op, "parameters": [sid]}
 
@@ -59,9 +73,12 @@ def build_openapi() -> dict[str, Any]:
         "info": {"title": "exec-gateway", "version": __version__},
         "components": {
             "schemas": schema.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"apiKey": []}],
         "paths": {
             "/v1/sessions": {
                 "get": _op("List this key's sessions", 200, SessionList),
@@ -72,7 +89,18 @@ def build_openapi() -> dict[str, Any]:
                 "delete": with_id(_op("Stop the kernel and remove the session", 204, None)),
             },
             "/v1/sessions/{session_id}/execute": {
-                "post": with_id(_op("Run one cell", 200, ExecuteResult, ExecuteRequest)),
+                "post": with_id(_execute()),
+            },
+            "/v1/sessions/{session_id}/runs/{run_id}": {
+                "get": _named("get_run", {**_op("A background run's state and result", 200,
+                                                RunInfo), "parameters": [sid, run_id, wait_s]}),
+                "delete": _named("cancel_run", {
+                    **_op("Remove a queued or finished run; interrupt a running one", 204,
+                          None), "parameters": [sid, run_id]}),
+            },
+            "/v1/run": {
+                "post": _named("run", _op("One-shot run in a fresh sandbox (with graded tests)",
+                                          200, ExecuteResult, RunRequest)),
             },
             "/v1/sessions/{session_id}/interrupt": {
                 "post": with_id(_op("Interrupt the running cell", 204, None)),
@@ -86,3 +114,10 @@ def build_openapi() -> dict[str, Any]:
                                  "responses": {"200": {"description": "text exposition"}}}},
         },
     }
+
+
+def _execute() -> dict[str, Any]:
+    op = _op("Run one cell", 200, ExecuteResult, ExecuteRequest)
+    op["responses"]["202"] = {"description": "wait: false — queued in the background",
+                              **_json(RunAccepted)}
+    return op
