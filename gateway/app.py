@@ -62,6 +62,9 @@ def make_app(services: Services) -> web.Application:
         (r"/readyz", meta.ReadyHandler, deps),
         (r"/metrics", meta.MetricsHandler, deps),
         (r"/", meta.PageHandler),
+        (r"/docs/?", meta.DocsHandler),
+        (r"/docs/static/(swagger-ui-bundle\.js|swagger-ui\.css|favicon-32x32\.png)",
+         web.StaticFileHandler, {"path": str(meta.swagger_ui_dir())}),
     ]
     return web.Application(
         routes,

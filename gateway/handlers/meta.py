@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -78,6 +79,27 @@ class PageHandler(web.RequestHandler):
 
     async def get(self) -> None:
         page = Path(self.settings["static_path"]) / "index.html"
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(page.read_bytes())
+
+
+def swagger_ui_dir() -> Path:
+    """Swagger UI's static files, as the swagger-ui-py package ships them (found without
+    importing the package, which would pull in its web-framework glue)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+class DocsHandler(web.RequestHandler):
+    """GET /docs: Swagger UI on /v1/openapi.json (static/docs.html), under the page's CSP; it
+    asks for the token itself (or takes it from the URL fragment), so no auth here."""
+
+    async def get(self) -> None:
+        page = Path(self.settings["static_path"]) / "docs.html"
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Content-Security-Policy", PAGE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
