@@ -6,6 +6,7 @@ Read once by ``__main__`` and passed down; nothing else reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -141,6 +142,14 @@ class Settings(BaseSettings):
         if self.lease_renew_s >= self.lease_ttl_s:
             raise ValueError("lease_renew_s must be shorter than lease_ttl_s")
         return self
+
+    @field_validator("kernel_blocked_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+                raise ValueError(f"kernel_blocked_modules: {name!r} is not a module name")
+        return value
 
     @field_validator("runtime_dir")
     @classmethod

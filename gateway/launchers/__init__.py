@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
 
 
+BLOCKED_MODULES_ENV = "EXEC_GATEWAY_BLOCKED_MODULES"  # read by kernel_boot.py
+
+
+def policy_env(settings: Settings) -> dict[str, str]:
+    """What every kernel's environment carries for the operator's module policy (set last:
+    neither ``kernel_env`` nor a client may change it)."""
+    if not settings.kernel_blocked_modules:
+        return {}
+    return {BLOCKED_MODULES_ENV: ",".join(settings.kernel_blocked_modules)}
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     """What to start: whose kernel, with which limits and (already allowlisted) environment."""

@@ -48,7 +48,7 @@ from docker.types import LogConfig, Mount, Ulimit
 
 from gateway.errors import GatewayError, KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec
+from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, policy_env
 from gateway.launchers.meters import CgroupFiles, CgroupMeter, cgroup_files
 from gateway.settings import Settings
 
@@ -302,6 +302,7 @@ class DockerLauncher:
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             **self._settings.kernel_env,
             **spec.env,
+            **policy_env(self._settings),
         }
         created = api.create_container(
             self._settings.docker_image,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gateway.errors import KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec
+from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, policy_env
 from gateway.launchers.meters import ProcMeter
 from gateway.settings import Settings
 
@@ -98,6 +98,7 @@ class LocalLauncher:
         }
         env.update(self._settings.kernel_env)
         env.update(spec.env)
+        env.update(policy_env(self._settings))
         return env
 
     def _preexec(self, spec: LaunchSpec) -> None:
