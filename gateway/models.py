@@ -121,6 +121,14 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class Capabilities(BaseModel):
+    kernel_libraries: dict[str, str] = Field(
+        {}, description="libraries of the kernels and their versions (python included); "
+                        "empty until learnt at start-up")
+    kernel_blocked_modules: list[str] = Field([], description="modules kernels refuse")
+    max_tests: int = Field(0, description="test cases one POST /v1/run may carry")
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
@@ -132,6 +140,7 @@ class Health(BaseModel):
     default_limits: Limits
     max_limits: Limits
     checks: dict[str, str] = {}
+    capabilities: Capabilities = Capabilities()
 
 
 # ---------------------------------------------------------------- WebSocket v1 (client → server)

@@ -163,6 +163,7 @@ class Health(Answer):
     default_limits: Limits
     max_limits: Limits
     checks: dict[str, str] = {}
+    capabilities: dict[str, Any] = {}  # kernel_libraries (name -> version), ...
 
 
 class PackageJob(Answer):

@@ -11,7 +11,7 @@ from tornado import web
 
 from gateway import __version__, errors
 from gateway.handlers.base import ApiHandler
-from gateway.models import Health
+from gateway.models import Capabilities, Health
 from gateway.openapi import build_openapi
 
 
@@ -31,6 +31,9 @@ class HealthHandler(ApiHandler):
             default_limits=s.settings.default_limits,
             max_limits=s.settings.max_limits,
             checks=checks or {},
+            capabilities=Capabilities(kernel_libraries=s.manager.libraries.known,
+                                      kernel_blocked_modules=s.settings.kernel_blocked_modules,
+                                      max_tests=s.settings.max_tests),
         )
 
     async def get(self) -> None:

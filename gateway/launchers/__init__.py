@@ -102,6 +102,10 @@ class Launcher(Protocol):
     async def meter(self, handle: KernelHandle) -> Meter | None:
         """A meter of the kernel's sandbox, or None if its figures cannot be read here."""
 
+    async def libraries(self, script: str) -> dict[str, str]:
+        """Run ``script`` (Python printing one JSON object of name → version) with the kernels'
+        interpreter and return what it printed. Raises LauncherUnavailable."""
+
     async def remove_workspace(self, handle: KernelHandle) -> None:
         """Delete the session's files (called when the session itself is deleted)."""
 

@@ -434,6 +434,23 @@ class DockerLauncher:
                 exited.set_result(ExitInfo(signal=signal.SIGKILL))
             await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
 
+    async def libraries(self, script: str) -> dict[str, str]:
+        """``script`` run by the image's interpreter in a throwaway container (no network,
+        the kernel's uid, removed afterwards)."""
+        client = await self._ready()
+
+        def run() -> bytes:
+            out = client.containers.run(
+                self._settings.docker_image, ["-I", "-c", script],
+                entrypoint="/opt/kernel/bin/python", network_disabled=True, network_mode="none",
+                user=str(self._settings.docker_kernel_uid), remove=True, stderr=False)
+            return bytes(out)
+
+        try:
+            return dict(json.loads(await asyncio.to_thread(run)))
+        except (docker.errors.DockerException, *_UNREACHABLE, ValueError) as exc:
+            raise LauncherUnavailable(f"cannot list the image's libraries: {exc}") from exc
+
     async def meter(self, handle: KernelHandle) -> CgroupMeter | None:
         """The container's cgroup: found at the usual places, else through its init's pid
         (one inspect, then cached while the container runs)."""

@@ -199,6 +199,18 @@ class LocalLauncher:
         self._exits.pop(handle.ref, None)
         await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
 
+    async def libraries(self, script: str) -> dict[str, str]:
+        """``script`` run by ``kernel_python`` (isolated mode, 30 s at most)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._settings.kernel_python, "-I", "-c", script, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={"PATH": os.defpath})
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            return dict(json.loads(out))
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise LauncherUnavailable(f"cannot run {self._settings.kernel_python}: {exc}"
+                                      ) from exc
+
     async def meter(self, handle: KernelHandle) -> ProcMeter | None:
         return ProcMeter(int(handle.ref)) if handle.ref in self._procs else None
 

@@ -17,6 +17,7 @@ import uuid
 import zmq.asyncio
 
 from gateway import errors, policy
+from gateway.capabilities import KernelLibraries
 from gateway.launchers import Launcher
 from gateway.metrics import Metrics
 from gateway.models import CreateSession, SessionInfo
@@ -65,6 +66,7 @@ class SessionManager:
         self.runs = Runs(settings, self.cells)  # background cells (execute, wait: false)
         self.oneshots = OneShots(settings, metrics, self._lifecycle, self.table, kernels)
         self._loops: list[asyncio.Task[None]] = []  # the reaper and the lease renewer
+        self.libraries = KernelLibraries(launcher)  # for /healthz
 
     @property
     def keep_kernels(self) -> bool:
@@ -86,6 +88,7 @@ class SessionManager:
         self.metrics.sessions.set(len(self.table))
         self._loops.append(asyncio.create_task(self._upkeep.reap_forever()))
         self.pool.refill()
+        self.libraries.learn()
 
     async def close(self) -> None:
         """Stop the loops and, unless they are kept for the next process, every kernel."""
@@ -93,6 +96,7 @@ class SessionManager:
         for task in self._loops:
             task.cancel()
         await self.oneshots.close()
+        await self.libraries.close()
         await self.pool.close()
         if self.keep_kernels:
             # calls still running get ShuttingDown (their cells run on); none restarts a kernel
