@@ -59,7 +59,9 @@ def test_memory_limit_per_run_is_memory_exceeded(gw: Gateway) -> None:
 
 def test_timeout_is_the_same_ladder_as_sessions(gw: Gateway) -> None:
     out = run(gw, code="while True: pass", timeout_s=1)
-    assert out["status"] == "timeout" and out["error"]["ename"] == "KeyboardInterrupt"
+    assert out["status"] == "timeout"
+    if out["state_preserved"]:  # the interrupt worked (else, under load, the kernel was killed)
+        assert out["error"]["ename"] == "KeyboardInterrupt"
 
 
 def test_cpu_and_memory_figures_are_plausible_for_200_mb(gw: Gateway, sid: str) -> None:

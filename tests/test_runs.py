@@ -67,10 +67,13 @@ def test_cancel_while_queued_removes_it_and_running_one_carries_on(gw: Gateway, 
     assert last["result"]["execution_count"] == 3, "the cancelled run never ran"
 
 
-def test_cancel_while_running_interrupts_it(gw: Gateway, sid: str) -> None:
+async def test_cancel_while_running_interrupts_it(gw: Gateway, sid: str, connect: Connect
+                                                  ) -> None:
     gw.execute(sid, "kept = 7")
+    watcher = await connect(gw, sid)
     accepted = submit(gw, sid, "import time\nprint('started', flush=True)\ntime.sleep(60)")
-    wait_until(lambda: poll(gw, accepted["status_url"])["status"] == "running", 30)
+    assert poll(gw, accepted["status_url"])["status"] == "running"
+    await watcher.until(lambda e: e["type"] == "stream" and "started" in e["text"])
     assert gw.http.delete(accepted["status_url"]).status_code == 204
     done = poll(gw, accepted["status_url"], wait_s=30)
     assert done["status"] == "finished" and done["result"]["status"] == "interrupted"

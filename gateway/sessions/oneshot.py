@@ -6,17 +6,21 @@ lease) run by the same CellRunner, timeout ladder and kernel slot as any session
 is held in the SessionTable (``hold``), so it counts against capacity. It never reuses a
 session's kernel, and a kernel that ignores a timeout's interrupt is stopped, not replaced:
 the run ends there. Test cases run several at a time, up to ``run_concurrency`` sandboxes
-for one request (fewer when the gateway has fewer free places).
+for one request (fewer when the gateway has fewer free places). Sandboxes are destroyed
+after the answer is sent, not before: their places are given back once they are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway import errors, grading, policy
 from gateway.metrics import Metrics
@@ -51,6 +55,15 @@ class Step:
     entrypoint: str | None = None
 
 
+@dataclass
+class _Batch:
+    """One request's sandboxes: a gate of its places, and their disposals (running after the
+    answer; the request's places are given back when the last one is done)."""
+
+    gate: asyncio.Semaphore
+    disposals: list[asyncio.Task[None]] = field(default_factory=list)
+
+
 def lines(stdin: Stdin | None) -> list[str] | None:
     """A client's stdin as the lines input() returns: a string is split into lines."""
     if stdin is None:
@@ -67,6 +80,7 @@ class OneShots:
         self._kernels = kernels
         self._runner = CellRunner(settings, metrics, self._retire, handing_off=lambda: False)
         self._live: set[Session] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     def check(self, req: RunRequest) -> float:
         """Validate a run before anything starts; returns its timeout. Raises 400s, 413."""
@@ -93,14 +107,18 @@ class OneShots:
         limits = policy.resolve_limits(self._settings, req.limits)
         tests = req.tests or []
         wanted = min(1 + len(tests), self._settings.run_concurrency)
-        with self._table.hold(owner, wanted) as places:
+        places = contextlib.ExitStack()
+        batch = _Batch(asyncio.Semaphore(places.enter_context(self._table.hold(owner, wanted))))
+        try:
             self._kernels.pool.refill()  # pooled kernels beyond what capacity now allows go
-            gate = asyncio.Semaphore(places)
             outcomes = await asyncio.gather(
                 self._program(owner, limits, [Step(req.code, req.entrypoint)],
-                              lines(req.stdin), timeout, gate),
-                *(self._grade(owner, limits, req, test, i, gate) for i, test in enumerate(tests)),
+                              lines(req.stdin), timeout, batch),
+                *(self._grade(owner, limits, req, test, i, batch)
+                  for i, test in enumerate(tests)),
                 return_exceptions=True)
+        finally:
+            self._spawn(self._give_back(batch, places))
         for outcome in outcomes:
             if isinstance(outcome, BaseException):  # the submission's error, or a bug
                 raise outcome
@@ -114,30 +132,34 @@ class OneShots:
         return result
 
     async def _program(self, owner: str, limits: Limits, steps: list[Step],
-                       stdin: list[str] | None, timeout_s: float, gate: asyncio.Semaphore
+                       stdin: list[str] | None, timeout_s: float, batch: _Batch
                        ) -> list[ExecuteResult]:
         """Run ``steps`` in a fresh sandbox, stopping at the first that is not ``ok``, within
-        one deadline; ``stdin`` answers their input() calls in order. Destroys the sandbox."""
-        async with gate:
+        one deadline; ``stdin`` answers their input() calls in order. The sandbox is
+        destroyed in the background (its place in ``batch`` is free once it is gone)."""
+        await batch.gate.acquire()
+        try:
             if self._lifecycle.closing:
                 raise errors.ShuttingDown("the gateway is shutting down")
             session = self._lifecycle.new_session(owner, f"run-{secrets.token_hex(8)}", limits,
                                                   {})
-            self._live.add(session)
-            try:
-                await self._lifecycle.start_kernel(session)
-                deadline = time.monotonic() + timeout_s
-                results: list[ExecuteResult] = []
-                for step in steps:
-                    result = await self._step(session, step, stdin, deadline)
-                    result.session_id = None
-                    results.append(result)
-                    if result.status != ExecuteStatus.ok:
-                        break
-                return results
-            finally:
-                await self._dispose(session)
-                self._live.discard(session)
+        except BaseException:
+            batch.gate.release()
+            raise
+        self._live.add(session)
+        try:
+            await self._lifecycle.start_kernel(session)
+            deadline = time.monotonic() + timeout_s
+            results: list[ExecuteResult] = []
+            for step in steps:
+                result = await self._step(session, step, stdin, deadline)
+                result.session_id = None
+                results.append(result)
+                if result.status != ExecuteStatus.ok:
+                    break
+            return results
+        finally:
+            batch.disposals.append(self._spawn(self._destroy(session, batch.gate)))
 
     async def _step(self, session: Session, step: Step, stdin: list[str] | None,
                     deadline: float) -> ExecuteResult:
@@ -154,7 +176,7 @@ class OneShots:
         return result
 
     async def _grade(self, owner: str, limits: Limits, req: RunRequest, test: TestCase,
-                     index: int, gate: asyncio.Semaphore) -> TestResult:
+                     index: int, batch: _Batch) -> TestResult:
         """The submission, then the test's code (and main() when asked), in a fresh sandbox;
         compared with what the test expects."""
         name = test.name or f"test {index + 1}"
@@ -164,7 +186,7 @@ class OneShots:
         timeout = self._timeout(test.code or "", test.stdin, test.timeout_s or req.timeout_s)
         try:
             results = await self._program(owner, limits, steps, lines(test.stdin), timeout,
-                                          gate)
+                                          batch)
         except errors.GatewayError as exc:
             return TestResult(name=name, passed=False, status=ExecuteStatus.error,
                               expected_stdout=test.expected_stdout, duration_ms=0.0,
@@ -176,6 +198,32 @@ class OneShots:
         interrupt, so it is stopped, never replaced (the run ends with this cell)."""
         await session.slot.stop(grace_s=0)
         session.set_state(SessionState.dead)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("one-shot sandbox cleanup failed", exc_info=task.exception())
+
+    async def _destroy(self, session: Session, gate: asyncio.Semaphore) -> None:
+        try:
+            await self._dispose(session)
+        finally:
+            self._live.discard(session)
+            gate.release()
+
+    async def _give_back(self, batch: _Batch, places: contextlib.ExitStack) -> None:
+        """The request's places, once its sandboxes are gone."""
+        try:
+            await asyncio.gather(*batch.disposals, return_exceptions=True)
+        finally:
+            places.close()
+            self._kernels.pool.refill()
 
     async def _dispose(self, session: Session) -> None:
         """Destroy a one-shot sandbox: kernel, sandbox and files; the pool refills."""
@@ -191,7 +239,7 @@ class OneShots:
     async def close(self) -> None:
         """Destroy the sandboxes of runs still going (the gateway stops)."""
         await asyncio.gather(*(self._dispose(s) for s in list(self._live)),
-                             return_exceptions=True)
+                             *list(self._background), return_exceptions=True)
 
 
 async def _judge(name: str, test: TestCase, results: list[ExecuteResult]) -> TestResult:
