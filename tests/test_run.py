@@ -184,6 +184,7 @@ def test_infinite_loop_and_crash_among_passing_tests(gw: Gateway) -> None:
     assert [r["name"] for r in out["tests"]["results"]] == ["ok1", "loop", "crash", "state", "ok2"]
     assert results["loop"]["status"] == "timeout" and not results["loop"]["passed"]
     assert results["crash"]["status"] == "dead" and not results["crash"]["passed"]
+    assert results["crash"]["error"]["evalue"] == "exited with code 3"
     assert all(results[n]["passed"] for n in ("ok1", "state", "ok2"))
     assert out["tests"] == {**out["tests"], "passed": 3, "failed": 2}
 

@@ -235,11 +235,10 @@ def _peak_mb(session: Session, status: ExecuteStatus, usage: Usage) -> float | N
     return usage.memory_peak_mb
 
 
+STATE_LOST = "; variables were lost, the next call starts a fresh interpreter"
+
+
 def death_error(info: ExitInfo | None) -> ErrorInfo:
     reason = info.reason if info else "the kernel went away"
     name = "MemoryLimitExceeded" if info and info.oom_killed else "KernelDied"
-    return ErrorInfo(
-        ename=name,
-        evalue=f"{reason}; variables were lost, the next call starts a fresh interpreter",
-        traceback=[],
-    )
+    return ErrorInfo(ename=name, evalue=f"{reason}{STATE_LOST}", traceback=[])

@@ -37,7 +37,7 @@ from gateway.models import (
     TestResult,
     TestsReport,
 )
-from gateway.sessions.cell import Cell, CellRunner, death_error
+from gateway.sessions.cell import STATE_LOST, Cell, CellRunner, death_error
 from gateway.sessions.kernel_slot import Kernels
 from gateway.sessions.lifecycle import Lifecycle
 from gateway.sessions.session import Session
@@ -154,6 +154,8 @@ class OneShots:
             for step in steps:
                 result = await self._step(session, step, stdin, deadline)
                 result.session_id = None
+                if result.error is not None:  # no next call: the sandbox goes anyway
+                    result.error.evalue = result.error.evalue.removesuffix(STATE_LOST)
                 results.append(result)
                 if result.status != ExecuteStatus.ok:
                     break
