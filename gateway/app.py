@@ -17,7 +17,7 @@ from tornado.http1connection import HTTP1ServerConnection
 from tornado.log import access_log
 
 from gateway.auth import Auth
-from gateway.handlers import jupyter, meta, rest, ws
+from gateway.handlers import jupyter, meta, rest, runs, ws
 from gateway.handlers.base import NotFoundHandler, Services
 from gateway.launchers import make_launcher
 from gateway.metrics import Metrics
@@ -57,6 +57,8 @@ def make_app(services: Services) -> web.Application:
         (rf"/v1/sessions/{SID}/interrupt", rest.InterruptHandler, deps),
         (rf"/v1/sessions/{SID}/restart", rest.RestartHandler, deps),
         (rf"/v1/sessions/{SID}/ws", ws.SessionSocket, deps),
+        (rf"/v1/sessions/{SID}/runs/(?P<run_id>[A-Za-z0-9_-]{{1,64}})", runs.RunHandler, deps),
+        (r"/v1/run", runs.OneShotHandler, deps),
         (r"/v1/openapi.json", meta.OpenAPIHandler,
          {**deps, "document": meta.openapi_document(services)}),
         (r"/api/?", jupyter.ApiRootHandler, deps),
@@ -71,6 +73,9 @@ def make_app(services: Services) -> web.Application:
         (r"/readyz", meta.ReadyHandler, deps),
         (r"/metrics", meta.MetricsHandler, deps),
         (r"/", meta.PageHandler),
+        (r"/docs/?", meta.DocsHandler),
+        (r"/docs/static/(swagger-ui-bundle\.js|swagger-ui\.css|favicon-32x32\.png)",
+         web.StaticFileHandler, {"path": str(meta.swagger_ui_dir())}),
     ]
     return web.Application(
         routes,

@@ -110,17 +110,20 @@ class Auth:
             auth._keys = [(DEFAULT_KEY, auth.generated.encode())]
         return auth
 
-    def authenticate(self, header: str | None, query_token: str | None) -> str:
-        """The key name for a request's credentials. Raises Unauthorized."""
+    def authenticate(self, header: str | None, query_token: str | None,
+                     api_key: str | None = None) -> str:
+        """The key name for a request's credentials: ``Authorization: Bearer`` (or ``token``),
+        else an ``X-API-Key`` header, else ``?token=``. Raises Unauthorized."""
         if not self.enabled:
             return ANONYMOUS
-        token = query_token or ""
+        token = (api_key or "").strip() or query_token or ""
         if header:
             scheme, _, value = header.partition(" ")
             if scheme.lower() in ("bearer", "token"):
                 token = value.strip() or token
         if not token:
-            raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
+            raise Unauthorized("missing token: send 'Authorization: Bearer <token>' "
+                               "or 'X-API-Key: <token>'")
         given = token.encode()
         found: str | None = None
         for name, expected in self._keys:

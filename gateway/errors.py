@@ -37,6 +37,10 @@ class LimitOutOfRange(BadRequest):
     code = "limit_out_of_range"
 
 
+class EntrypointMissing(BadRequest):
+    code = "entrypoint_missing"
+
+
 class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
 
@@ -47,6 +51,10 @@ class NotFound(GatewayError):
 
 class SessionNotFound(NotFound):
     code = "session_not_found"
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
 
 
 class MethodNotAllowed(GatewayError):

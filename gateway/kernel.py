@@ -330,7 +330,7 @@ class KernelConnection:
         asyncio.ensure_future(sent).add_done_callback(_ignore_result)
 
     async def execute(
-        self, code: str, *, allow_stdin: bool, on_message: Route
+        self, code: str, *, allow_stdin: bool, on_message: Route, store_history: bool = True
     ) -> Message:
         """Run one cell; ``on_message`` sees its iopub and stdin messages in order.
 
@@ -342,7 +342,7 @@ class KernelConnection:
             {
                 "code": code,
                 "silent": False,
-                "store_history": True,
+                "store_history": store_history,
                 "user_expressions": {},
                 "allow_stdin": allow_stdin,
                 "stop_on_error": True,

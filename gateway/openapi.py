@@ -18,6 +18,9 @@ from gateway.models import (
     ExecuteRequest,
     ExecuteResult,
     Health,
+    RunAccepted,
+    RunInfo,
+    RunRequest,
     SessionInfo,
     SessionList,
 )
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 
 _MODELS: list[type[BaseModel]] = [
     CreateSession, ExecuteRequest, ExecuteResult, SessionInfo, SessionList, ErrorBody, Health,
+    RunRequest, RunAccepted, RunInfo,
 ]
 
 
@@ -46,7 +50,18 @@ def _op(summary: str, ok: int, model: type[BaseModel] | None, body: type[BaseMod
     }
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": body is ExecuteRequest, **_json(body)}
+        op["requestBody"] = {"required": body in (ExecuteRequest, RunRequest), **_json(body)}
+    return op
+
+
+def _named(operation_id: str, op: dict[str, Any]) -> dict[str, Any]:
+    return {"operationId": operation_id, **op}
+
+
+def _execute() -> dict[str, Any]:
+    op = _op("Run one cell", 200, ExecuteResult, ExecuteRequest)
+    op["responses"]["202"] = {"description": "wait: false — queued in the background",
+                              **_json(RunAccepted)}
     return op
 
 
@@ -66,9 +81,10 @@ def _server_limits(schemas: dict[str, Any], settings: Settings) -> None:
             _with_maximum(asked["properties"][name], top)
     schemas["RequestedLimits"] = asked
     create = schemas["CreateSession"]["properties"]
-    for branch in create["limits"]["anyOf"]:
-        if "$ref" in branch:
-            branch["$ref"] = "#/components/schemas/RequestedLimits"
+    for request in (create, schemas["RunRequest"]["properties"]):
+        for branch in request["limits"]["anyOf"]:
+            if "$ref" in branch:
+                branch["$ref"] = "#/components/schemas/RequestedLimits"
     env = next(b for b in create["env"]["anyOf"] if b.get("type") == "object")
     env["additionalProperties"] = {"type": "string", "maxLength": 4096,
                                    "pattern": "^[^\\x00-\\x1f]*$"}
@@ -79,13 +95,14 @@ def _server_limits(schemas: dict[str, Any], settings: Settings) -> None:
         env["propertyNames"] = {"enum": sorted(settings.env_allowlist)}
     else:
         env["maxProperties"] = 0
-    execute = schemas["ExecuteRequest"]["properties"]
-    _with_maximum(execute["timeout_s"], settings.max_timeout_s)
-    for branch in execute["stdin"]["anyOf"]:
-        if branch.get("type") == "array":
-            branch["maxItems"] = settings.max_stdin_lines
-    execute["code"]["description"] = (f"at most max_code_bytes ({settings.max_code_bytes}) "
-                                      f"bytes of UTF-8 (413 beyond)")
+    for name in ("ExecuteRequest", "RunRequest"):
+        execute = schemas[name]["properties"]
+        _with_maximum(execute["timeout_s"], settings.max_timeout_s)
+        for branch in execute["stdin"]["anyOf"]:
+            if branch.get("type") == "array":
+                branch["maxItems"] = settings.max_stdin_lines
+        execute["code"]["description"] = (f"at most max_code_bytes ({settings.max_code_bytes})"
+                                          f" bytes of UTF-8 (413 beyond)")
 
 
 def build_openapi(settings: Settings) -> dict[str, Any]:
@@ -97,6 +114,13 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     sid = {"name": "session_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": SESSION_ID_PATTERN}}
 
+    run_id = {"name": "run_id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+    wait_s = {"name": "wait_s", "in": "query", "required": False,
+              "description": "long-poll: answer when the run finishes or after this many "
+                             "seconds (at most 60)",
+              "schema": {"type": "number", "minimum": 0, "maximum": 60}}
+
     def with_id(op: dict[str, Any]) -> dict[str, Any]:
         return {**op, "parameters": [sid]}
 
@@ -105,9 +129,12 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "info": {"title": "exec-gateway", "version": __version__},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"apiKey": []}],
         "paths": {
             "/v1/sessions": {
                 "get": _op("List this key's sessions", 200, SessionList),
@@ -118,7 +145,18 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "delete": with_id(_op("Stop the kernel and remove the session", 204, None)),
             },
             "/v1/sessions/{session_id}/execute": {
-                "post": with_id(_op("Run one cell", 200, ExecuteResult, ExecuteRequest)),
+                "post": with_id(_execute()),
+            },
+            "/v1/sessions/{session_id}/runs/{run_id}": {
+                "get": _named("get_run", {**_op("A background run's state and result", 200,
+                                                RunInfo), "parameters": [sid, run_id, wait_s]}),
+                "delete": _named("cancel_run", {
+                    **_op("Remove a queued or finished run; interrupt a running one", 204,
+                          None), "parameters": [sid, run_id]}),
+            },
+            "/v1/run": {
+                "post": _named("run", _op("One-shot run in a fresh sandbox (with graded tests)",
+                                          200, ExecuteResult, RunRequest)),
             },
             "/v1/sessions/{session_id}/interrupt": {
                 "post": with_id(_op("Interrupt the running cell", 204, None)),

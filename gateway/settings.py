@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -100,6 +101,14 @@ class Settings(BaseSettings):
     max_kernel_message_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     max_stdin_lines: int = Field(1000, ge=0)
 
+    # --- one-shot runs (POST /v1/run) and background runs (wait: false)
+    max_tests: int = Field(50, ge=0)  # test cases in one /v1/run request
+    run_concurrency: int = Field(4, ge=1)  # sandboxes one /v1/run request uses at once
+    run_retention_s: float = Field(600.0, gt=0, allow_inf_nan=False)  # finished runs kept
+    run_keep_per_session: int = Field(32, ge=1)  # finished runs kept per session (oldest go)
+    # modules kernels refuse to import (an audit hook; defense in depth, not a boundary)
+    kernel_blocked_modules: list[str] = []
+
     reap_connected: bool = False  # also reap idle sessions that a WebSocket is watching
 
     # --- WebSocket
@@ -170,6 +179,14 @@ class Settings(BaseSettings):
                                  f"{type(exc).__name__}") from None
             if not isinstance(profile, dict) or "defaultAction" not in profile:
                 raise ValueError(f"{value} is not a seccomp profile (no defaultAction)")
+        return value
+
+    @field_validator("kernel_blocked_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+                raise ValueError(f"kernel_blocked_modules: {name!r} is not a module name")
         return value
 
     @field_validator("runtime_dir")

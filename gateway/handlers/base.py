@@ -89,6 +89,7 @@ class GatewayHandler(web.RequestHandler):
             self.owner = self.services.auth.authenticate(
                 self.request.headers.get("Authorization"),
                 self.get_query_argument("token", None),
+                self.request.headers.get("X-API-Key"),
             )
 
     async def serve_or_forward(
@@ -191,7 +192,8 @@ class ApiHandler(GatewayHandler):
         origin = self.request.headers.get("Origin")
         if origin and self.origin_allowed(origin):
             self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+            self.set_header("Access-Control-Allow-Headers",
+                            "Authorization, X-API-Key, Content-Type")
             self.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
             self.set_header("Access-Control-Max-Age", "600")
             self.add_header("Vary", "Origin")
@@ -241,8 +243,9 @@ class ApiHandler(GatewayHandler):
         """Replay this request on the replica at ``base_url`` and relay its answer."""
         settings = self.services.settings
         headers = {FORWARDED_HEADER: settings.instance_id, "Content-Type": "application/json"}
-        if "Authorization" in self.request.headers:
-            headers["Authorization"] = self.request.headers["Authorization"]
+        for name in ("Authorization", "X-API-Key"):
+            if name in self.request.headers:
+                headers[name] = self.request.headers[name]
         body = b"".join(self._chunks) if self.request.method == "POST" else None
         try:
             response = await httpclient.AsyncHTTPClient().fetch(

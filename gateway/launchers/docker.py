@@ -57,7 +57,8 @@ from docker.types import LogConfig, Mount, Ulimit
 
 from gateway.errors import GatewayError, KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec
+from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, policy_env
+from gateway.launchers.meters import CgroupFiles, CgroupMeter, cgroup_files
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class DockerLauncher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exits: dict[str, asyncio.Future[ExitInfo]] = {}  # container id → its exit
         self._oom_seen: set[str] = set()
+        self._cgroups: dict[str, CgroupFiles] = {}  # container id → where its figures are
         self._tasks: set[asyncio.Future[None]] = set()
         self._events: Any = None  # the open docker CancellableStream
         self._events_thread: threading.Thread | None = None
@@ -325,6 +327,7 @@ class DockerLauncher:
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             **self._settings.kernel_env,
             **spec.env,
+            **policy_env(self._settings),
         }
         created = api.create_container(
             self._settings.docker_image,
@@ -451,9 +454,42 @@ class DockerLauncher:
         finally:
             self._exits.pop(container_id, None)
             self._oom_seen.discard(container_id)
+            self._cgroups.pop(container_id, None)
             if exited is not None and not exited.done():
                 exited.set_result(ExitInfo(signal=signal.SIGKILL))
             await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
+
+    async def libraries(self, script: str) -> dict[str, str]:
+        """``script`` run by the image's interpreter in a throwaway container (no network,
+        the kernel's uid, removed afterwards)."""
+        client = await self._ready()
+
+        def run() -> bytes:
+            out = client.containers.run(
+                self._settings.docker_image, ["-I", "-c", script],
+                entrypoint="/opt/kernel/bin/python", network_disabled=True, network_mode="none",
+                user=str(self._settings.docker_kernel_uid), remove=True, stderr=False)
+            return bytes(out)
+
+        try:
+            return dict(json.loads(await asyncio.to_thread(run)))
+        except (docker.errors.DockerException, *_UNREACHABLE, ValueError) as exc:
+            raise LauncherUnavailable(f"cannot list the image's libraries: {exc}") from exc
+
+    async def meter(self, handle: KernelHandle) -> CgroupMeter | None:
+        """The container's cgroup: found at the usual places, else through its init's pid
+        (one inspect, then cached while the container runs)."""
+        files = self._cgroups.get(handle.ref)
+        if files is None:
+            files = cgroup_files(handle.ref)
+        if files is None:
+            state = await self._state(handle.ref) if self._client is not None else None
+            pid = state.get("Pid") if state else None
+            files = cgroup_files(handle.ref, pid) if isinstance(pid, int) and pid > 0 else None
+        if files is None:
+            return None
+        self._cgroups[handle.ref] = files
+        return CgroupMeter(files)
 
     async def remove_workspace(self, handle: KernelHandle) -> None:
         return None  # /work was a tmpfs of the container: gone with it

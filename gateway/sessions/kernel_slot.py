@@ -17,7 +17,7 @@ import zmq.asyncio
 
 from gateway.errors import KernelDied, KernelTimeout
 from gateway.kernel import KernelConnection, Message
-from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec
+from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec, Meter
 from gateway.metrics import Metrics
 from gateway.pool import KernelPool, StartedKernel, boot_kernel
 from gateway.settings import Settings
@@ -130,6 +130,12 @@ class KernelSlot:
         self.let_go()
         if handle is not None:
             await self._kernels.launcher.terminate(handle, grace_s)
+
+    async def meter(self) -> Meter | None:
+        """A meter of the current kernel's sandbox (CPU time, peak memory), if readable."""
+        if self.handle is None or not self.live:
+            return None
+        return await self._kernels.launcher.meter(self.handle)
 
     async def interrupt(self) -> None:
         """Interrupt the running cell over the control channel (best effort)."""

@@ -17,6 +17,7 @@ import uuid
 import zmq.asyncio
 
 from gateway import errors, policy
+from gateway.capabilities import KernelLibraries
 from gateway.launchers import Launcher
 from gateway.metrics import Metrics
 from gateway.models import CreateSession, SessionInfo
@@ -27,8 +28,10 @@ from gateway.sessions.handoff import Handoff
 from gateway.sessions.kernel_slot import Kernels
 from gateway.sessions.leases import Leases
 from gateway.sessions.lifecycle import Lifecycle
+from gateway.sessions.oneshot import OneShots
 from gateway.sessions.placement import Here, Placement, There, Vacant
 from gateway.sessions.records import Records
+from gateway.sessions.runs import Runs
 from gateway.sessions.session import Session
 from gateway.sessions.table import SessionTable
 from gateway.sessions.upkeep import Upkeep
@@ -47,7 +50,7 @@ class SessionManager:
         self.table = SessionTable(settings)
         self._zmq = zmq.asyncio.Context()
         self.pool = KernelPool(settings, launcher, self._zmq, metrics,
-                               room=lambda: settings.max_sessions - len(self.table))
+                               room=lambda: settings.max_sessions - self.table.occupied)
         kernels = Kernels(settings, launcher, self.pool, self._zmq, metrics)
         records = Records(settings, registry)
         self._leases = Leases(registry, settings.instance_id, settings.lease_ttl_s)
@@ -60,7 +63,10 @@ class SessionManager:
         self._upkeep = Upkeep(settings, registry, metrics, self.table, self._leases,
                               self._placement, self._handoff, records, self._lifecycle)
         self.cells = Cells(settings, metrics, self._lifecycle, self._placement)
+        self.runs = Runs(settings, self.cells)  # background cells (execute, wait: false)
+        self.oneshots = OneShots(settings, metrics, self._lifecycle, self.table, kernels)
         self._loops: list[asyncio.Task[None]] = []  # the reaper and the lease renewer
+        self.libraries = KernelLibraries(launcher)  # for /healthz
 
     @property
     def keep_kernels(self) -> bool:
@@ -82,12 +88,15 @@ class SessionManager:
         self.metrics.sessions.set(len(self.table))
         self._loops.append(asyncio.create_task(self._upkeep.reap_forever()))
         self.pool.refill()
+        self.libraries.learn()
 
     async def close(self) -> None:
         """Stop the loops and, unless they are kept for the next process, every kernel."""
         self._lifecycle.closing = True
         for task in self._loops:
             task.cancel()
+        await self.oneshots.close()
+        await self.libraries.close()
         await self.pool.close()
         if self.keep_kernels:
             # calls still running get ShuttingDown (their cells run on); none restarts a kernel
