@@ -14,8 +14,9 @@ import pydantic
 from tornado import netutil
 
 from gateway import __version__
-from gateway.app import build_services, connection_limit, make_app, make_server
+from gateway.app import build_services, make_app
 from gateway.auth import KeysFileError
+from gateway.server import connection_limit, make_server
 from gateway.settings import Settings, describe_error
 
 log = logging.getLogger("gateway")

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import requests
 
-from gateway.app import FD_PER_SESSION, FD_RESERVE, connection_limit
+from gateway.server import FD_PER_SESSION, FD_RESERVE, connection_limit
 from gateway.settings import Settings
 from tests.conftest import ROOT, wait_until
 
