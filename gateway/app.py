@@ -11,7 +11,7 @@ from tornado import httpserver, iostream, web
 from tornado.log import access_log
 
 from gateway.auth import Auth
-from gateway.handlers import jupyter, meta, rest, ws
+from gateway.handlers import files, jupyter, meta, rest, ws
 from gateway.handlers.base import NotFoundHandler, Services
 from gateway.launchers import make_launcher
 from gateway.metrics import Metrics
@@ -47,6 +47,8 @@ def make_app(services: Services) -> web.Application:
         (rf"/v1/sessions/{SID}/interrupt", rest.InterruptHandler, deps),
         (rf"/v1/sessions/{SID}/restart", rest.RestartHandler, deps),
         (rf"/v1/sessions/{SID}/ws", ws.SessionSocket, deps),
+        (rf"/v1/sessions/{SID}/files", files.FilesHandler, deps),
+        (rf"/v1/sessions/{SID}/files/(?P<path>.+)", files.FileHandler, deps),
         (r"/v1/openapi.json", meta.OpenAPIHandler, deps),
         (r"/api/?", jupyter.ApiRootHandler, deps),
         (r"/api/kernelspecs/?", jupyter.KernelSpecsHandler, deps),

@@ -37,6 +37,10 @@ class LimitOutOfRange(BadRequest):
     code = "limit_out_of_range"
 
 
+class InvalidPath(BadRequest):
+    code = "invalid_path"
+
+
 class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
 
@@ -47,6 +51,10 @@ class NotFound(GatewayError):
 
 class SessionNotFound(NotFound):
     code = "session_not_found"
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
 
 
 class MethodNotAllowed(GatewayError):
@@ -61,8 +69,20 @@ class SessionExists(Conflict):
     code = "session_exists"
 
 
+class NotAFile(Conflict):
+    code = "not_a_file"
+
+
+class NotADirectory(Conflict):
+    code = "not_a_directory"
+
+
 class PayloadTooLarge(GatewayError):
     status, code = 413, "payload_too_large"
+
+
+class WorkspaceFull(GatewayError):
+    status, code = 507, "workspace_full"
 
 
 class QueueFull(GatewayError):

@@ -177,7 +177,7 @@ class ApiHandler(GatewayHandler):
         if origin and self.origin_allowed(origin):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
-            self.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
             self.set_header("Access-Control-Max-Age", "600")
             self.add_header("Vary", "Origin")
 

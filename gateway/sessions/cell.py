@@ -22,6 +22,7 @@ from gateway.metrics import Metrics
 from gateway.models import ErrorInfo, ExecuteResult, ExecuteStatus, SessionState
 from gateway.output import OutputCollector
 from gateway.policy import EOF_INPUT
+from gateway.sessions.files import SessionFiles, now_ns
 from gateway.sessions.ladder import Replace, TimeoutLadder
 from gateway.sessions.session import Session
 from gateway.settings import Settings
@@ -45,8 +46,9 @@ class Cell:
 
 class CellRunner:
     def __init__(self, settings: Settings, metrics: Metrics, replace: Replace,
-                 handing_off: Callable[[], bool]) -> None:
+                 handing_off: Callable[[], bool], files: SessionFiles) -> None:
         self._settings = settings
+        self._files = files  # what the cell changed in the workspace
         self._metrics = metrics
         self._replace = replace
         self._handing_off = handing_off  # the gateway stops and leaves kernels running
@@ -65,6 +67,7 @@ class CellRunner:
         if _aborted_by_earlier_error(session, cell):
             self._reply_aborted(conn, cell)
             return None
+        since_ns = now_ns()
         collector = OutputCollector(self._settings.max_output_bytes)
         status: ExecuteStatus | None = None
         reply: Message | None = None
@@ -93,12 +96,15 @@ class CellRunner:
         if status is None:
             status = _status_of(session, reply, collector)
         self._count_reply(session, conn, cell, reply, status)
+        changed, changed_truncated = await self._files.after_cell(session, since_ns,
+                                                                  collector.error)
         result = ExecuteResult(
             session_id=session.id, execution_count=session.execution_count,
             generation=session.generation, status=status, state_preserved=preserved,
             stdout=collector.stdout_text, stderr=collector.stderr_text,
             outputs=collector.outputs, error=collector.error, truncated=collector.truncated,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            files_changed=changed, files_changed_truncated=changed_truncated,
         )
         session.events.publish({"type": "result", "id": cell.request_id,
                                 "result": result.model_dump(mode="json")})

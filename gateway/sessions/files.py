@@ -1,0 +1,186 @@
+"""SessionFiles: the files API's verbs on a located session's workspace, and what a cell
+changed in it.
+
+Every call runs the blocking ``Workspace`` operations in a thread and never takes the
+session's turn: files move while a cell runs. Each change made through the API is published
+to the session's WebSocket watchers as a ``file_changed`` event, and so is each file a cell
+wrote. Metrics: bytes up and down, the workspace's usage per session, quota hits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from gateway import errors
+from gateway.metrics import Metrics
+from gateway.models import ErrorInfo, FileInfo, FileList
+from gateway.sessions.session import Session
+from gateway.settings import Settings
+from gateway.volumes import Volumes
+from gateway.workspace import Upload, Workspace
+
+log = logging.getLogger(__name__)
+
+CHANGED_LIMIT = 100  # files_changed lists at most this many (then files_changed_truncated)
+READ_CHUNK = 256 * 1024
+_CLOCK_REALTIME_COARSE = 5  # Linux's clock id (the time module does not name it)
+
+
+def now_ns() -> int:
+    """The clock file timestamps come from: the coarse real-time clock, so a file written
+    after this moment never carries an earlier timestamp."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+class PendingUpload:
+    """An upload in progress: its bytes are bounded by ``max_upload_bytes`` (413) and, where
+    no filesystem quota bounds the workspace, by the room ``disk_mb`` leaves (507)."""
+
+    def __init__(self, upload: Upload, max_bytes: int, room: int | None) -> None:
+        self.upload = upload
+        self.max_bytes = max_bytes
+        self.room = room
+
+    def abort(self) -> None:
+        self.upload.abort()
+
+    def write(self, data: bytes) -> None:
+        """Runs in a thread. Raises PayloadTooLarge, WorkspaceFull (aborted then)."""
+        size = self.upload.size + len(data)
+        if size > self.max_bytes:
+            self.upload.abort()
+            raise errors.PayloadTooLarge(f"the file is larger than max_upload_bytes="
+                                         f"{self.max_bytes}")
+        if self.room is not None and size > self.room:
+            self.upload.abort()
+            raise errors.WorkspaceFull("the session's workspace is full (disk_mb)")
+        self.upload.write(data)
+
+
+class SessionFiles:
+    def __init__(self, settings: Settings, metrics: Metrics, volumes: Volumes,
+                 owner: tuple[int, int] | None) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._volumes = volumes
+        self._owner = owner  # who the gateway's files belong to (the sandbox's user)
+
+    def workspace(self, session: Session) -> Workspace:
+        """Raises FileNotFound while the session has no workspace (its first kernel starts)."""
+        if not session.workspace:
+            raise errors.FileNotFound("the session has no workspace yet")
+        return Workspace(session.workspace, self._owner)
+
+    # ------------------------------------------------------------------ reading
+    async def listing(self, session: Session, path: str, *, recursive: bool) -> FileList:
+        workspace = self.workspace(session)
+        files, truncated = await asyncio.to_thread(
+            workspace.list, path, recursive=recursive, limit=self._settings.max_list_entries)
+        return FileList(files=files, truncated=truncated)
+
+    async def open_read(self, session: Session, path: str) -> tuple[int, FileInfo]:
+        """An fd to read (the caller closes it) and the file's info. Raises FileNotFound,
+        NotAFile, NotADirectory, InvalidPath."""
+        return await asyncio.to_thread(self.workspace(session).open_read, path)
+
+    async def read(self, fd: int, most: int = READ_CHUNK) -> bytes:
+        data = await asyncio.to_thread(os.read, fd, min(most, READ_CHUNK))
+        self._metrics.file_bytes.labels("down").inc(len(data))
+        return data
+
+    # ------------------------------------------------------------------ writing
+    async def begin_upload(self, session: Session, path: str | None, length: int | None
+                           ) -> PendingUpload:
+        """Start an upload (to ``path``, checked now, when known); ``length``: the announced
+        size, refused at once when too large. Raises PayloadTooLarge, WorkspaceFull,
+        InvalidPath, NotAFile, NotADirectory."""
+        limit = self._settings.max_upload_bytes
+        if length is not None and length > limit:
+            raise errors.PayloadTooLarge(f"the file is larger than max_upload_bytes={limit}")
+        workspace = self.workspace(session)
+        room = await self._room(session, workspace)
+        if room is not None and length is not None and length > room:
+            self.quota_hit()
+            raise errors.WorkspaceFull("the file does not fit in the session's workspace")
+        if path:
+            await asyncio.to_thread(workspace.check_target, path)
+        upload = await asyncio.to_thread(workspace.upload)
+        # a filesystem quota refuses the write itself; without one the gateway counts
+        return PendingUpload(upload, limit, None if self._quota_enforced(workspace) else room)
+
+    async def write(self, pending: PendingUpload, data: bytes) -> None:
+        """Raises PayloadTooLarge, WorkspaceFull (the upload is aborted then)."""
+        try:
+            await asyncio.to_thread(pending.write, data)
+        except errors.WorkspaceFull:
+            self.quota_hit()
+            raise
+        self._metrics.file_bytes.labels("up").inc(len(data))
+
+    async def commit(self, session: Session, pending: PendingUpload, path: str
+                     ) -> tuple[FileInfo, bool]:
+        """Put the uploaded file at ``path``; (its info, whether it is new)."""
+        info, created = await asyncio.to_thread(pending.upload.commit, path)
+        self._changed(session, info, "written")
+        await self._measure(session)
+        return info, created
+
+    async def delete(self, session: Session, path: str, *, recursive: bool) -> None:
+        workspace = self.workspace(session)
+        info = await asyncio.to_thread(workspace.stat, path)
+        await asyncio.to_thread(workspace.delete, path, recursive=recursive)
+        self._changed(session, info, "deleted")
+        await self._measure(session)
+
+    def quota_hit(self, source: str = "upload") -> None:
+        self._metrics.quota_hits.labels(source).inc()
+
+    # ------------------------------------------------------------------ cells
+    async def after_cell(self, session: Session, since_ns: int, error: ErrorInfo | None
+                         ) -> tuple[list[FileInfo], bool]:
+        """The files a cell that started at ``since_ns`` created or modified (the first
+        CHANGED_LIMIT by path) and whether there were more; never raises."""
+        if error is not None and error.evalue.startswith(("[Errno 28]", "[Errno 122]")):
+            self.quota_hit("cell")
+        if not session.workspace:
+            return [], False
+        workspace = Workspace(session.workspace, self._owner)
+        try:
+            scan = await asyncio.to_thread(workspace.scan, since_ns, limit=CHANGED_LIMIT,
+                                           max_entries=self._settings.files_scan_max_entries)
+        except (errors.GatewayError, OSError) as exc:
+            log.warning("could not scan the workspace session_id=%s: %s", session.id, exc)
+            return [], False
+        self._metrics.workspace_bytes.labels(session.owner, session.id).set(scan.used_bytes)
+        for info in scan.changed:
+            self._changed(session, info, "written")
+        return scan.changed, scan.truncated
+
+    # ------------------------------------------------------------------ helpers
+    def _changed(self, session: Session, info: FileInfo, change: str) -> None:
+        session.events.publish({"type": "file_changed", "change": change,
+                                "file": info.model_dump(mode="json")})
+
+    def _quota_enforced(self, workspace: Workspace) -> bool:
+        return self._volumes.capacity(workspace.root) is not None
+
+    async def _room(self, session: Session, workspace: Workspace) -> int | None:
+        """Free bytes in the workspace under its quota, or None when it has no bound."""
+        capacity = await asyncio.to_thread(self._volumes.capacity, workspace.root)
+        if capacity is not None:
+            used, total = capacity
+            return total - used
+        if not session.limits.disk_mb:
+            return None
+        scan = await asyncio.to_thread(workspace.scan, time.time_ns() + 10**18, limit=0,
+                                       max_entries=self._settings.files_scan_max_entries)
+        return max(0, session.limits.disk_mb * 1024 * 1024 - scan.used_bytes)
+
+    async def _measure(self, session: Session) -> None:
+        if session.workspace:
+            capacity = await asyncio.to_thread(self._volumes.capacity, session.workspace)
+            if capacity is not None:
+                self._metrics.workspace_bytes.labels(session.owner, session.id).set(capacity[0])
