@@ -103,12 +103,8 @@ class Workspace:
         """A directory fd for ``parts`` below the root, component by component, never
         following a symlink; ``create`` makes missing directories. The caller closes it."""
         fd = self._open_root()
-        try:
-            for i, name in enumerate(parts):
-                fd = self._step(fd, name, create=create, where="/".join(parts[:i + 1]))
-        except BaseException:
-            os.close(fd)
-            raise
+        for i, name in enumerate(parts):  # each step closes the fd it was given
+            fd = self._step(fd, name, create=create, where="/".join(parts[:i + 1]))
         return fd
 
     def _step(self, fd: int, name: str, *, create: bool, where: str) -> int:
@@ -228,10 +224,10 @@ class Workspace:
             os.close(fd)
             raise
 
-    def delete(self, path: str, *, recursive: bool) -> None:
+    def delete(self, path: str, *, recursive: bool) -> FileInfo:
         """Remove a file (or a planted symlink, FIFO...), or a directory with ``recursive``
-        (never following a symlink inside it). Raises FileNotFound, NotAFile (a directory
-        without ``recursive``), NotADirectory."""
+        (never following a symlink inside it); returns what it was. Raises FileNotFound,
+        NotAFile (a directory without ``recursive``), NotADirectory."""
         parts = split_path(path)
         with _closing(self._open_dir(parts[:-1])) as dfd:
             name = parts[-1]
@@ -243,6 +239,7 @@ class Workspace:
                     raise errors.NotAFile(f"{path} is a directory: delete it with recursive=true")
                 else:
                     shutil.rmtree(name, dir_fd=dfd)  # fd-based: immune to symlink swaps
+                return file_info(path, st)
             except FileNotFoundError as exc:
                 raise errors.FileNotFound(f"no such file: {path}") from exc
             except IsADirectoryError as exc:  # swapped for a directory meanwhile

@@ -22,7 +22,7 @@ from gateway.metrics import Metrics
 from gateway.models import ErrorInfo, ExecuteResult, ExecuteStatus, SessionState
 from gateway.output import OutputCollector
 from gateway.policy import EOF_INPUT
-from gateway.sessions.files import SessionFiles, now_ns
+from gateway.sessions.files import SessionFiles
 from gateway.sessions.ladder import Replace, TimeoutLadder
 from gateway.sessions.session import Session
 from gateway.settings import Settings
@@ -67,7 +67,7 @@ class CellRunner:
         if _aborted_by_earlier_error(session, cell):
             self._reply_aborted(conn, cell)
             return None
-        since_ns = now_ns()
+        since_ns = await self._files.before_cell(session)
         collector = OutputCollector(self._settings.max_output_bytes)
         status: ExecuteStatus | None = None
         reply: Message | None = None

@@ -130,8 +130,7 @@ class SessionFiles:
 
     async def delete(self, session: Session, path: str, *, recursive: bool) -> None:
         workspace = self.workspace(session)
-        info = await asyncio.to_thread(workspace.stat, path)
-        await asyncio.to_thread(workspace.delete, path, recursive=recursive)
+        info = await asyncio.to_thread(workspace.delete, path, recursive=recursive)
         self._changed(session, info, "deleted")
         await self._measure(session)
 
@@ -139,6 +138,17 @@ class SessionFiles:
         self._metrics.quota_hits.labels(source).inc()
 
     # ------------------------------------------------------------------ cells
+    async def before_cell(self, session: Session) -> int:
+        """The moment a cell starts, for ``after_cell``: on the coarse clock (files written
+        later never carry an earlier timestamp, whether the filesystem stamps coarse or fine
+        times), and past the last change made through the API, so the API's own files are
+        never reported as the cell's (right after an upload this waits up to one tick)."""
+        since = now_ns()
+        while since <= session.files_api_ns:
+            await asyncio.sleep(0.001)
+            since = now_ns()
+        return since
+
     async def after_cell(self, session: Session, since_ns: int, error: ErrorInfo | None
                          ) -> tuple[list[FileInfo], bool]:
         """The files a cell that started at ``since_ns`` created or modified (the first
@@ -156,11 +166,14 @@ class SessionFiles:
             return [], False
         self._metrics.workspace_bytes.labels(session.owner, session.id).set(scan.used_bytes)
         for info in scan.changed:
-            self._changed(session, info, "written")
+            self._changed(session, info, "written", by_api=False)
         return scan.changed, scan.truncated
 
     # ------------------------------------------------------------------ helpers
-    def _changed(self, session: Session, info: FileInfo, change: str) -> None:
+    def _changed(self, session: Session, info: FileInfo, change: str, *, by_api: bool = True
+                 ) -> None:
+        if by_api:  # the fine clock: at or past any timestamp the change left
+            session.files_api_ns = time.time_ns()
         session.events.publish({"type": "file_changed", "change": change,
                                 "file": info.model_dump(mode="json")})
 

@@ -66,6 +66,7 @@ class Session:
         self.pending_input: dict[str, Message] = {}  # request id → the kernel's input_request
         self.jupyter_error: tuple[str, float] | None = None  # (client session, when) it failed
         self.workspace: str | None = None  # host path of its workspace, once it has one
+        self.files_api_ns = 0  # when the files API last changed the workspace (file clock)
 
     @property
     def key(self) -> tuple[str, str]:
