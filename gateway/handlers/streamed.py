@@ -48,9 +48,14 @@ class StreamedCall(httputil.HTTPMessageDelegate):
             stream = await asyncio.wait_for(
                 TCPClient().connect(host, port, ssl_options=(
                     {} if self._url.scheme == "https" else None)), self._timeout_s)
-        except ConnectionRefusedError as exc:
-            raise errors.OwnerDown("the gateway that owns this session is down") from exc
-        except (OSError, iostream.StreamClosedError, TimeoutError) as exc:
+        except (ConnectionRefusedError, iostream.StreamClosedError) as exc:
+            refused = isinstance(exc, ConnectionRefusedError) or isinstance(
+                getattr(exc, "real_error", None), ConnectionRefusedError)
+            if refused:  # it never saw the call: safe to try again
+                raise errors.OwnerDown("the gateway that owns this session is down") from exc
+            raise errors.OwnerUnreachable(
+                f"the gateway that owns this session cannot be reached: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
             raise errors.OwnerUnreachable(
                 f"the gateway that owns this session cannot be reached: {exc}") from exc
         stream.set_nodelay(True)
