@@ -151,7 +151,12 @@ class KernelPool:
             if self._closed:
                 self._discard(kernel)
                 return
-            await self._warm(kernel)
+            try:
+                await self._warm(kernel)
+            except BaseException:  # closed while warming: this kernel is no one's
+                kernel.conn.close()
+                await self._stop(kernel)
+                raise
             self._ready.append(kernel)
             self.metrics.pool_size.set(len(self._ready))
 

@@ -84,8 +84,14 @@ class Volumes:
         """A new, empty workspace bounded to ``disk_mb``; returns its path. Raises
         WorkspaceFull when the host cannot hold it, KernelStartFailed if it cannot be made."""
         path = self.root / f"ws-{secrets.token_hex(12)}"
+        made = asyncio.ensure_future(asyncio.to_thread(self._create, path, disk_mb))
         try:
-            await asyncio.to_thread(self._create, path, disk_mb)
+            await asyncio.shield(made)
+        except asyncio.CancelledError:  # the thread goes on: undo what it made, then stop
+            with contextlib.suppress(Exception):
+                await made
+            await asyncio.to_thread(self._remove, path)
+            raise
         except OSError as exc:
             await asyncio.to_thread(self._remove, path)
             if exc.errno is not None and exc.errno in (28, 122):  # ENOSPC, EDQUOT
@@ -120,22 +126,24 @@ class Volumes:
     def _mount(self, path: Path) -> None:
         _run("mount", "-t", "ext4", "-o", _MOUNT_OPTIONS, str(self._image(path)), str(path))
 
-    async def ensure(self, path: str) -> None:
+    async def ensure(self, path: str) -> bool:
         """Make sure the workspace at ``path`` is there (mounted again after a host reboot,
-        checked first). Raises KernelStartFailed."""
+        checked first); False if it is gone (its directory was removed from the host).
+        Raises KernelStartFailed when it cannot be mounted."""
         try:
-            await asyncio.to_thread(self._ensure, Path(path))
+            return await asyncio.to_thread(self._ensure, Path(path))
         except OSError as exc:
             raise errors.KernelStartFailed(f"the session's workspace is unusable: {exc}") \
                 from exc
 
-    def _ensure(self, path: Path) -> None:
+    def _ensure(self, path: Path) -> bool:
         image = self._image(path)
         if image.exists() and not os.path.ismount(path):
+            path.mkdir(mode=0o700, exist_ok=True)
             _run("e2fsck", "-p", str(image))
             self._mount(path)
-        elif not image.exists() and not path.is_dir():
-            raise OSError(f"workspace {path.name} is gone")
+            return True
+        return image.exists() or path.is_dir()
 
     async def remove(self, path: str) -> None:
         """Delete a workspace and its image (idempotent; never raises)."""

@@ -45,8 +45,10 @@ class Kernels:
         """A started, connected kernel working in ``spec.workspace`` (a new workspace when
         that is empty: the session's first kernel); a pooled one if ``pooled`` and the pool
         has one. Raises KernelStartFailed, WorkspaceFull."""
-        if spec.workspace:
-            await self.volumes.ensure(spec.workspace)
+        if spec.workspace and not await self.volumes.ensure(spec.workspace):
+            log.warning("workspace of session_id=%s is gone from this host; starting with a "
+                        "new, empty one", spec.session_id)
+            spec = dataclasses.replace(spec, workspace="")
         movable = not spec.workspace or self.launcher.moves_workspace
         kernel = self.pool.take() if pooled and movable else None
         if kernel is not None and spec.workspace and kernel.handle.workspace != spec.workspace:
