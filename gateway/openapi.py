@@ -14,6 +14,8 @@ from gateway.models import (
     ErrorBody,
     ExecuteRequest,
     ExecuteResult,
+    FileInfo,
+    FileList,
     Health,
     SessionInfo,
     SessionList,
@@ -21,7 +23,16 @@ from gateway.models import (
 
 _MODELS: list[type[BaseModel]] = [
     CreateSession, ExecuteRequest, ExecuteResult, SessionInfo, SessionList, ErrorBody, Health,
+    FileInfo, FileList,
 ]
+_FILE_ERRORS = {
+    "400": "invalid_path: absolute, '..', '.', NUL or control characters, an empty segment, "
+           "over 1024 bytes or 255 per segment",
+    "404": "session_not_found, file_not_found",
+    "409": "not_a_file (a directory, or a symlink, FIFO... the kernel made), not_a_directory",
+    "413": "payload_too_large: over max_upload_bytes",
+    "507": "workspace_full: over the session's disk_mb",
+}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, Any]:
@@ -42,6 +53,48 @@ def _op(summary: str, ok: int, model: type[BaseModel] | None, body: type[BaseMod
     if body is not None:
         op["requestBody"] = {"required": body is ExecuteRequest, **_json(body)}
     return op
+
+
+def _files_paths(sid: dict[str, Any]) -> dict[str, Any]:
+    """The files API: a session's workspace (the kernel's working directory)."""
+    errors = {code: {"description": why, **_json(ErrorBody)} for code, why in _FILE_ERRORS.items()}
+    path = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "relative to the workspace, '/'-separated"}
+    recursive = {"name": "recursive", "in": "query", "schema": {"type": "boolean",
+                                                                "default": False}}
+    raw = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+    def op(summary: str, ok: dict[str, Any], params: list[dict[str, Any]],
+           **extra: Any) -> dict[str, Any]:
+        return {"summary": summary, "parameters": [sid, *params],
+                "responses": {**ok, **errors}, **extra}
+
+    return {
+        "/v1/sessions/{session_id}/files": {
+            "get": op("List a workspace directory", {"200": {"description": "the entries",
+                                                             **_json(FileList)}},
+                      [{"name": "path", "in": "query", "schema": {"type": "string",
+                                                                  "default": ""}}, recursive]),
+            "post": op("Upload files (multipart: 'file' parts, optional 'path' directory); "
+                       "creates the session if needed", {"201": {"description": "uploaded",
+                                                                 **_json(FileList)}}, [],
+                       requestBody={"required": True, "content": {"multipart/form-data": {
+                           "schema": {"type": "object", "properties": {
+                               "file": {"type": "array", "items": {"type": "string",
+                                                                   "format": "binary"}},
+                               "path": {"type": "string"}}, "required": ["file"]}}}}),
+        },
+        "/v1/sessions/{session_id}/files/{path}": {
+            "get": op("Download a file (streamed)", {"200": {"description": "its bytes; "
+                      "Content-Type guessed from the name", "content": raw}}, [path]),
+            "put": op("Upload a file (raw body; parents created); creates the session if "
+                      "needed", {"200": {"description": "replaced", **_json(FileInfo)},
+                                 "201": {"description": "created", **_json(FileInfo)}},
+                      [path], requestBody={"required": True, "content": raw}),
+            "delete": op("Delete a file, or a directory with recursive=true",
+                         {"204": {"description": "deleted"}}, [path, recursive]),
+        },
+    }
 
 
 def build_openapi() -> dict[str, Any]:
@@ -80,6 +133,7 @@ def build_openapi() -> dict[str, Any]:
             "/v1/sessions/{session_id}/restart": {
                 "post": with_id(_op("Fresh interpreter, same id", 200, SessionInfo)),
             },
+            **_files_paths(sid),
             "/healthz": {"get": {**_op("Liveness and capabilities", 200, Health), "security": []}},
             "/readyz": {"get": _op("Readiness: launcher and registry reachable", 200, Health)},
             "/metrics": {"get": {"summary": "Prometheus metrics",
