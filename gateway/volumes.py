@@ -32,6 +32,7 @@ import subprocess
 from pathlib import Path
 
 from gateway import errors
+from gateway.fswatch import FsWatch
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,14 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ws-[0-9a-f]{24}$")
 _MOUNT_OPTIONS = "loop,nosuid,nodev,noexec"
 _TOOL_TIMEOUT_S = 60.0
+_TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where mount and mkfs live, whatever PATH says
 
 
 def quota_mode(settings: Settings) -> str:
     """``loop`` or ``none``: what ``workspace_quota`` means on this host for this process."""
     if settings.workspace_quota != "auto":
         return settings.workspace_quota
-    tools = all(shutil.which(t) for t in ("mount", "umount", "mkfs.ext4"))
+    tools = all(shutil.which(t, path=_TOOL_PATH) for t in ("mount", "umount", "mkfs.ext4"))
     return "loop" if os.geteuid() == 0 and tools else "none"
 
 
@@ -53,7 +55,7 @@ def _run(*argv: str) -> None:
     """Run a tool; raises OSError with its message when it fails."""
     try:
         done = subprocess.run(argv, capture_output=True, timeout=_TOOL_TIMEOUT_S,
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"})
+                              env={"PATH": _TOOL_PATH, "LANG": "C"})
     except (subprocess.SubprocessError, OSError) as exc:
         raise OSError(f"{argv[0]} failed: {exc}") from exc
     if done.returncode != 0:
@@ -70,6 +72,7 @@ class Volumes:
         self.mode = quota_mode(settings)
         self.owner = owner
         self.dir_mode = dir_mode
+        self._watch = FsWatch()
         if self.mode == "none":
             log.warning("workspace quota off (workspace_quota=%s, euid=%d): disk_mb is not "
                         "enforced on what kernels write", settings.workspace_quota, os.geteuid())
@@ -98,6 +101,7 @@ class Volumes:
                 raise errors.WorkspaceFull(f"no room on the host for a workspace: {exc}") \
                     from exc
             raise errors.KernelStartFailed(f"could not create the workspace: {exc}") from exc
+        self._watch.changes(str(path))  # watched from the start: its first cell is seen too
         return str(path)
 
     def _create(self, path: Path, disk_mb: int | None) -> None:
@@ -150,6 +154,7 @@ class Volumes:
         if not self.is_workspace(path):
             log.warning("not removing %s: not a workspace path", path)
             return
+        self._watch.forget(path)
         await asyncio.to_thread(self._remove, Path(path))
 
     def _remove(self, path: Path) -> None:
@@ -182,6 +187,14 @@ class Volumes:
         return removed
 
     # ------------------------------------------------------------------ usage
+    def changes(self, path: str) -> set[str] | None:
+        """Relative paths of what was written in the workspace since the last call (None:
+        cannot tell; see gateway/fswatch.py). Never blocks on the kernel's files."""
+        return self._watch.changes(path)
+
+    def close(self) -> None:
+        self._watch.close()
+
     def capacity(self, path: str) -> tuple[int, int] | None:
         """(used, total) bytes of a quota'd workspace, or None without a quota."""
         if not os.path.ismount(path):

@@ -207,6 +207,39 @@ class Workspace:
         changed.sort(key=lambda f: f.path)
         return Scan(changed[:limit], truncated or len(changed) > limit, used)
 
+    def scan_paths(self, paths: set[str], since_ns: int, *, limit: int, max_entries: int
+                   ) -> Scan:
+        """``scan`` restricted to ``paths`` (hints of what changed, e.g. from fanotify) and
+        what directories among them hold; gone or unreachable paths are skipped. The space
+        used is not measured (0)."""
+        changed: dict[str, FileInfo] = {}
+        walked = 0
+        truncated = False
+        for path in sorted(paths):
+            parts = path.split("/")
+            try:
+                with _closing(self._open_dir(parts[:-1])) as dfd:
+                    st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+                    if not _listed(parts[-1], st):
+                        continue
+                    found = [(path, st)]
+                    if stat.S_ISDIR(st.st_mode):  # moved in whole: what it holds changed too
+                        with _closing(self._step(os.dup(dfd), parts[-1], create=False,
+                                                 where=path)) as sub:
+                            found += _walk(sub, path, recursive=True)
+            except (errors.GatewayError, OSError):
+                continue
+            for rel, entry in found:
+                walked += 1
+                if walked > max_entries:
+                    truncated = True
+                    break
+                if stat.S_ISREG(entry.st_mode) and \
+                        max(entry.st_mtime_ns, entry.st_ctime_ns) >= since_ns:
+                    changed[rel] = file_info(rel, entry)
+        files = sorted(changed.values(), key=lambda f: f.path)
+        return Scan(files[:limit], truncated or len(files) > limit, 0)
+
     # ------------------------------------------------------------------ changes
     def check_target(self, path: str) -> None:
         """Fail early for an upload to ``path`` (its parent directories are created).

@@ -404,3 +404,16 @@ def test_another_api_key_gets_404_for_the_same_paths(gateway_factory: Any, tmp_p
     assert [f["path"] for f in b.get(files_url("s")).json()["files"]] == ["other.txt"]
     assert a.get(files_url("s", "secret.txt")).content == b"alice's"
     assert httpx.get(gw.url + files_url("s", "secret.txt")).status_code == 401
+
+
+def test_files_changed_without_a_quota_mount_walks_the_workspace(gateway_factory: Any) -> None:
+    """Without the loop mount there is no fanotify: every cell walks its workspace."""
+    gw = gateway_factory(workspace_quota="none", pool_size=0)
+    result = gw.execute("s", "import os\nos.makedirs('d')\nopen('d/f.txt', 'w').write('x')")
+    assert [f["path"] for f in result["files_changed"]] == ["d/f.txt"]
+    assert gw.execute("s", "1 + 1")["files_changed"] == []
+    assert "workspace quota off" in gw.log()
+    r = gw.http.post("/v1/sessions", json={"session_id": "small", "limits": {"disk_mb": 1}})
+    assert r.status_code == 201
+    r = gw.http.put(files_url("small", "big"), content=b"x" * (2 * MiB))  # held by the gateway
+    assert r.status_code == 507 and r.json()["error"]["code"] == "workspace_full"

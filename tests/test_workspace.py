@@ -203,3 +203,17 @@ def test_multipart_that_ends_early_or_is_not_multipart_is_refused() -> None:
         reader.close()
     with pytest.raises(errors.BadRequest):
         boundary_of("application/json")
+
+
+def test_scan_paths_looks_only_at_the_hints_and_inside_moved_directories(ws: Workspace,
+                                                                         tmp_path: Path) -> None:
+    since = time.clock_gettime_ns(5)
+    time.sleep(0.02)
+    upload(ws, "a/new.txt", b"x")
+    upload(ws, "moved/inner.txt", b"y")
+    upload(ws, "unhinted.txt", b"z")
+    os.symlink(tmp_path / "secret", Path(ws.root) / "link")
+    scan = ws.scan_paths({"a/new.txt", "moved", "gone/x", "link", "a"}, since, limit=10,
+                         max_entries=100)
+    assert [f.path for f in scan.changed] == ["a/new.txt", "moved/inner.txt"]
+    assert not scan.truncated

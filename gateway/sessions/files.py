@@ -157,14 +157,25 @@ class SessionFiles:
             self.quota_hit("cell")
         if not session.workspace:
             return [], False
+        hints = self._volumes.changes(session.workspace)
+        if hints is not None and not hints:
+            return [], False  # nothing was written in the workspace: no need to look
         workspace = Workspace(session.workspace, self._owner)
+        most = self._settings.files_scan_max_entries
         try:
-            scan = await asyncio.to_thread(workspace.scan, since_ns, limit=CHANGED_LIMIT,
-                                           max_entries=self._settings.files_scan_max_entries)
+            if hints is None:  # cannot tell what changed: walk everything
+                scan = await asyncio.to_thread(workspace.scan, since_ns, limit=CHANGED_LIMIT,
+                                               max_entries=most)
+            else:
+                scan = await asyncio.to_thread(workspace.scan_paths, hints, since_ns,
+                                               limit=CHANGED_LIMIT, max_entries=most)
         except (errors.GatewayError, OSError) as exc:
             log.warning("could not scan the workspace session_id=%s: %s", session.id, exc)
             return [], False
-        self._metrics.workspace_bytes.labels(session.owner, session.id).set(scan.used_bytes)
+        if hints is None:
+            self._metrics.workspace_bytes.labels(session.owner, session.id).set(scan.used_bytes)
+        else:
+            await self._measure(session)
         for info in scan.changed:
             self._changed(session, info, "written", by_api=False)
         return scan.changed, scan.truncated

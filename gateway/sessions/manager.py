@@ -105,6 +105,7 @@ class SessionManager:
                   for s in self.table),
                 return_exceptions=True)
         await self.launcher.close()
+        self.volumes.close()
         await self.registry.close()
         self._zmq.term()
 
