@@ -12,7 +12,10 @@ Quota (``workspace_quota``):
   (``<dir>.img``, preallocated with ``fallocate`` unless ``workspace_preallocate`` is off),
   loop-mounted ``nosuid,nodev,noexec``. The Linux kernel enforces the size: a cell writing
   past it gets ENOSPC, an upload 507, and the host disk never holds more than the images.
-  Needs root (``mount``); ``auto`` picks it when the gateway runs as root.
+  Needs root with CAP_SYS_ADMIN (``mount``); ``auto`` picks it then. A gateway in a
+  container must also share these mounts with the engine's host (the state dir bind-mounted
+  at the same path with ``rshared`` propagation), else the kernel would not see them: the
+  compose file sets ``none``.
 - ``none``: a plain directory. Nothing bounds what the kernel writes (the local launcher's
   RLIMIT_FSIZE bounds one file); uploads are checked against ``disk_mb`` by the gateway.
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ws-[0-9a-f]{24}$")
 _MOUNT_OPTIONS = "loop,nosuid,nodev,noexec"
 _TOOL_TIMEOUT_S = 60.0
+_CAP_SYS_ADMIN = 21
 _TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where mount and mkfs live, whatever PATH says
 
 
@@ -48,7 +52,20 @@ def quota_mode(settings: Settings) -> str:
     if settings.workspace_quota != "auto":
         return settings.workspace_quota
     tools = all(shutil.which(t, path=_TOOL_PATH) for t in ("mount", "umount", "mkfs.ext4"))
-    return "loop" if os.geteuid() == 0 and tools else "none"
+    return "loop" if tools and _can_mount() else "none"
+
+
+def _can_mount() -> bool:
+    """Root with CAP_SYS_ADMIN (not so in an unprivileged container)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_ADMIN))
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _run(*argv: str) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHANGED_LIMIT = 100  # files_changed lists at most this many (then files_changed_truncated)
 READ_CHUNK = 256 * 1024
+WRITE_BATCH = 1024 * 1024
 _CLOCK_REALTIME_COARSE = 5  # Linux's clock id (the time module does not name it)
 
 
@@ -43,6 +44,8 @@ class PendingUpload:
         self.upload = upload
         self.max_bytes = max_bytes
         self.room = room
+        self.batch: list[bytes] = []  # received, not written yet (up to WRITE_BATCH bytes)
+        self.batched = 0
 
     def abort(self) -> None:
         self.upload.abort()
@@ -112,7 +115,18 @@ class SessionFiles:
         return PendingUpload(upload, limit, None if self._quota_enforced(workspace) else room)
 
     async def write(self, pending: PendingUpload, data: bytes) -> None:
-        """Raises PayloadTooLarge, WorkspaceFull (the upload is aborted then)."""
+        """Take the next bytes of an upload; they are written a WRITE_BATCH at a time (one
+        thread hop per MiB, not per 64 KiB chunk). Raises PayloadTooLarge, WorkspaceFull
+        (the upload is aborted then)."""
+        pending.batch.append(data)
+        pending.batched += len(data)
+        if pending.batched >= WRITE_BATCH:
+            await self._flush(pending)
+
+    async def _flush(self, pending: PendingUpload) -> None:
+        data = b"".join(pending.batch)
+        pending.batch.clear()
+        pending.batched = 0
         try:
             await asyncio.to_thread(pending.write, data)
         except errors.WorkspaceFull:
@@ -123,6 +137,7 @@ class SessionFiles:
     async def commit(self, session: Session, pending: PendingUpload, path: str
                      ) -> tuple[FileInfo, bool]:
         """Put the uploaded file at ``path``; (its info, whether it is new)."""
+        await self._flush(pending)
         info, created = await asyncio.to_thread(pending.upload.commit, path)
         self._changed(session, info, "written")
         await self._measure(session)
