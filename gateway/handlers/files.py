@@ -8,6 +8,7 @@ the replica serving the session (``StreamedCall``) — never into memory; so doe
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import os
 import urllib.parse
@@ -206,13 +207,18 @@ class FileHandler(FilesHandlerBase):
             # the kernel chose these bytes: never let a browser run them on this origin
             self.set_header("Content-Security-Policy", "sandbox; default-src 'none'")
             left = info.size or 0
-            while left > 0:
-                data = await self.files.read(fd, left)
-                if not data:
-                    break  # the file shrank meanwhile: the client sees a short body
-                left -= len(data)
-                self.write(data)
-                await self.flush()
+            reading = asyncio.ensure_future(self.files.read(fd, left)) if left else None
+            try:
+                while reading is not None:
+                    data = await reading  # the next chunk is read while this one is sent
+                    left -= len(data)
+                    reading = asyncio.ensure_future(self.files.read(fd, left)) \
+                        if data and left > 0 else None
+                    self.write(data)  # (a file that shrank meanwhile: a short body)
+                    await self.flush()
+            finally:
+                if reading is not None:  # the client went away: let the read end first
+                    await asyncio.wait({reading})
         finally:
             os.close(fd)
         self.finish()
@@ -250,6 +256,8 @@ class _Multipart:
             if isinstance(event, Part):
                 await self._start(event)
             elif event is None:
+                if self.current is not None:  # on disk before the next part comes
+                    await self.files.drain(self.current)
                 self._close_part()
             elif self.current is not None:
                 await self.files.write(self.current, event)

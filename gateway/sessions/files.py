@@ -13,6 +13,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 from gateway import errors
 from gateway.metrics import Metrics
@@ -25,7 +27,7 @@ from gateway.workspace import Upload, Workspace
 log = logging.getLogger(__name__)
 
 CHANGED_LIMIT = 100  # files_changed lists at most this many (then files_changed_truncated)
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
 WRITE_BATCH = 1024 * 1024
 _CLOCK_REALTIME_COARSE = 5  # Linux's clock id (the time module does not name it)
 
@@ -38,7 +40,9 @@ def now_ns() -> int:
 
 class PendingUpload:
     """An upload in progress: its bytes are bounded by ``max_upload_bytes`` (413) and, where
-    no filesystem quota bounds the workspace, by the room ``disk_mb`` leaves (507)."""
+    no filesystem quota bounds the workspace, by the room ``disk_mb`` leaves (507). One
+    thread at a time works on its file (``start``/``settle``); ``abort`` waits for it, so a
+    closed fd is never written to."""
 
     def __init__(self, upload: Upload, max_bytes: int, room: int | None) -> None:
         self.upload = upload
@@ -46,9 +50,25 @@ class PendingUpload:
         self.room = room
         self.batch: list[bytes] = []  # received, not written yet (up to WRITE_BATCH bytes)
         self.batched = 0
+        self._busy: asyncio.Future[Any] | None = None  # a thread working on the file
+
+    def start(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func(*args)`` in a thread; its outcome is for the next ``settle``."""
+        assert self._busy is None or self._busy.done()
+        self._busy = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        self._busy.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def settle(self) -> Any:
+        """The outcome of the thread's work (raises its error); None if none was started."""
+        busy, self._busy = self._busy, None
+        return None if busy is None else await asyncio.shield(busy)
 
     def abort(self) -> None:
-        self.upload.abort()
+        busy = self._busy
+        if busy is not None and not busy.done():
+            busy.add_done_callback(lambda _: self.upload.abort())
+        else:
+            self.upload.abort()
 
     def write(self, data: bytes) -> None:
         """Runs in a thread. Raises PayloadTooLarge, WorkspaceFull (aborted then)."""
@@ -115,30 +135,42 @@ class SessionFiles:
         return PendingUpload(upload, limit, None if self._quota_enforced(workspace) else room)
 
     async def write(self, pending: PendingUpload, data: bytes) -> None:
-        """Take the next bytes of an upload; they are written a WRITE_BATCH at a time (one
-        thread hop per MiB, not per 64 KiB chunk). Raises PayloadTooLarge, WorkspaceFull
-        (the upload is aborted then)."""
+        """Take the next bytes of an upload. They are written a WRITE_BATCH at a time in a
+        thread, while the next batch arrives (at most two batches held). Raises
+        PayloadTooLarge, WorkspaceFull (the upload is aborted then)."""
         pending.batch.append(data)
         pending.batched += len(data)
         if pending.batched >= WRITE_BATCH:
-            await self._flush(pending)
+            await self._settle(pending)  # the previous batch is written (or failed)
+            self._flush(pending)
 
-    async def _flush(self, pending: PendingUpload) -> None:
+    def _flush(self, pending: PendingUpload) -> None:
         data = b"".join(pending.batch)
         pending.batch.clear()
         pending.batched = 0
+        pending.start(pending.write, data)
+        self._metrics.file_bytes.labels("up").inc(len(data))
+
+    async def _settle(self, pending: PendingUpload) -> Any:
         try:
-            await asyncio.to_thread(pending.write, data)
+            return await pending.settle()
         except errors.WorkspaceFull:
             self.quota_hit()
             raise
-        self._metrics.file_bytes.labels("up").inc(len(data))
+
+    async def drain(self, pending: PendingUpload) -> None:
+        """Write what an upload still holds (its last bytes came)."""
+        await self._settle(pending)
+        if pending.batched:
+            self._flush(pending)
+            await self._settle(pending)
 
     async def commit(self, session: Session, pending: PendingUpload, path: str
                      ) -> tuple[FileInfo, bool]:
         """Put the uploaded file at ``path``; (its info, whether it is new)."""
-        await self._flush(pending)
-        info, created = await asyncio.to_thread(pending.upload.commit, path)
+        await self.drain(pending)
+        pending.start(pending.upload.commit, path)
+        info, created = await pending.settle()
         self._changed(session, info, "written")
         await self._measure(session)
         return info, created
