@@ -5,7 +5,8 @@ execute on a workspace of 10,000 files.
 Throughput: one Docker gateway (pool off) and one session with room for three copies of the
 file (a replacing PUT holds the old and the new copy at once); rounds alternate REST PUT,
 ``docker cp`` in, REST GET, ``docker cp`` out (a tar on stdout), each timed end to end from
-the client, the file on the host's disk. Without the engine, REST runs against a local
+the client, the file on the host's disk. REST goes through curl when it is installed (a native
+client, like the docker CLI; httpx otherwise). Without the engine, REST runs against a local
 gateway and the ``docker cp`` figures are skipped.
 files_changed: a local gateway, a session whose workspace holds 10,000 files (100 dirs x
 100) and one whose workspace is empty; a cell that writes nothing (``1+1``) and one that
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -67,18 +69,41 @@ def _random_file(path: Path, size_mb: int) -> None:
             fh.write(os.urandom(MiB))
 
 
-async def _rest_up(client: httpx.AsyncClient, sid: str, path: Path) -> float:
+async def _curl(gw: GatewayProcess, size: int, *args: str) -> float:
+    """One curl run (a native client, like the docker CLI it is compared with), checked to
+    have moved ``size`` bytes."""
     started = time.perf_counter()
-    r = await client.put(f"/v1/sessions/{sid}/files/rest.bin", content=_chunks(path),
+    done = await asyncio.to_thread(
+        subprocess.run, ["curl", "-sS", "--fail", "-H", f"Authorization: Bearer {gw.token}",
+                         "-w", "%{size_upload} %{size_download}", *args],
+        capture_output=True, timeout=600)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"curl failed: {done.stderr.decode(errors='replace')}")
+    moved = max(int(float(n)) for n in done.stdout.split()[-2:])
+    if moved != size:
+        raise RuntimeError(f"curl moved {moved} of {size} bytes")
+    return seconds
+
+
+async def _rest_up(client: httpx.AsyncClient, gw: GatewayProcess, path: Path) -> float:
+    url = f"{gw.url}/v1/sessions/files/files/rest.bin"
+    if shutil.which("curl"):
+        return await _curl(gw, path.stat().st_size, "-T", str(path), "-o", "/dev/null", url)
+    started = time.perf_counter()
+    r = await client.put(url, content=_chunks(path),
                          headers={"Content-Length": str(path.stat().st_size)})
     r.raise_for_status()
     return time.perf_counter() - started
 
 
-async def _rest_down(client: httpx.AsyncClient, sid: str, size: int) -> float:
+async def _rest_down(client: httpx.AsyncClient, gw: GatewayProcess, size: int) -> float:
+    url = f"{gw.url}/v1/sessions/files/files/rest.bin"
+    if shutil.which("curl"):
+        return await _curl(gw, size, "-o", "/dev/null", url)
     started = time.perf_counter()
     got = 0
-    async with client.stream("GET", f"/v1/sessions/{sid}/files/rest.bin") as r:
+    async with client.stream("GET", url) as r:
         r.raise_for_status()
         async for data in r.aiter_bytes(CHUNK):
             got += len(data)
@@ -129,10 +154,10 @@ async def _throughput(config: BenchConfig, tracker: ProcessTracker, fr: dict[str
                                    ))["stdout"].strip()
             up, down, cp_in, cp_out = [], [], [], []
             for _ in range(config.file_rounds):
-                up.append(await _rest_up(client, "files", source))
+                up.append(await _rest_up(client, gw, source))
                 if docker_ok:
                     cp_in.append(await _docker_cp(str(source), f"{host}:/work/cp.bin"))
-                down.append(await _rest_down(client, "files", size))
+                down.append(await _rest_down(client, gw, size))
                 if docker_ok:
                     cp_out.append(await _docker_cp(f"{host}:/work/cp.bin", "-"))
         fr["size_mb"] = config.file_mb
