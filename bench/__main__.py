@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import client_sdk, files, replicas, sections
+from bench import client_sdk, files, oneshot, replicas, sections
 from bench.config import BenchConfig, load
 from bench.gateway_rest import ROOT, GatewayProcess, RestTarget, start_gateway, stop_gateway
 from bench.jupyter_ws import JupyterTarget
@@ -85,7 +85,7 @@ def new_results(config: BenchConfig) -> dict[str, Any]:
         },
         "config": dataclasses.asdict(config),
         "latency": {}, "throughput": {}, "session_start": {}, "stream": {}, "memory": {},
-        "replicas": {}, "docker": {}, "files": {},
+        "replicas": {}, "docker": {}, "oneshot": {}, "files": {},
         "errors": {}, "notes": [], "section_seconds": {},
     }
 
@@ -169,6 +169,7 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
     await _section(results, "pool_start", sections.pool_start_section(config, results, tracker))
     await _section(results, "client_sdk", client_sdk.client_sdk_section(config, results, tracker))
     await _section(results, "memory", sections.memory_section(config, results, tracker))
+    await _section(results, "oneshot", oneshot.oneshot_section(config, results, tracker))
     if config.replicas:
         await _section(results, "replicas", replicas.replicas_section(config, results, tracker))
     else:

@@ -292,6 +292,7 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("gateway idle CPU % of a core", mem.get("idle_cpu_percent"), "", ""))
     rows.extend(_replicas_rows(results.get("replicas", {}), lat))
     rows.extend(_docker_rows(results.get("docker", {})))
+    rows.extend(_oneshot_rows(results.get("oneshot", {})))
     rows.extend(_files_rows(results.get("files", {})))
     width = max(len(row[0]) for row in rows)
     lines = [f"{row[0]:<{width}}  {_fmt(row[1]):>10}  {_fmt(row[2]):>10}  {_fmt(row[3], 3):>7}"
@@ -306,3 +307,18 @@ def table(results: dict[str, Any]) -> str:
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _oneshot_rows(oneshot: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    rows: list[tuple[str, Any, Any, Any]] = []
+    for launcher, fig in oneshot.items():
+        if not isinstance(fig, dict):
+            continue
+        for key, label in (("run_print1_pool_ready_ms", "pool ready"),
+                           ("run_print1_back_to_back_ms", "back to back")):
+            for q in ("p50", "p90"):
+                rows.append((f"/v1/run print(1) {q} ms, {label} ({launcher})",
+                             _get(fig, key, q), "", ""))
+        rows.append((f"grading tests/s, 10-test submission ({launcher})",
+                     fig.get("grading_tests_per_s"), "", ""))
+    return rows

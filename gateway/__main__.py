@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -13,16 +14,31 @@ import pydantic
 from tornado import netutil
 
 from gateway import __version__
-from gateway.app import build_services, make_app, make_server
-from gateway.settings import Settings
+from gateway.app import build_services, connection_limit, make_app, make_server
+from gateway.auth import KeysFileError
+from gateway.settings import Settings, describe_error
 
 log = logging.getLogger("gateway")
 
 
-async def serve(settings: Settings) -> None:
+def raise_fd_limit(most: int = 65536) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard one (up to ``most``): every connection
+    and every kernel socket is a descriptor. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = most if hard == resource.RLIM_INFINITY else min(hard, most)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the file descriptor limit from %d: %s", soft, exc)
+    return most if soft == resource.RLIM_INFINITY else soft
+
+
+async def serve(settings: Settings, max_connections: int) -> None:
     services = build_services(settings)
     await services.manager.start()
-    server = make_server(make_app(services), settings)
+    server = make_server(make_app(services), settings, max_connections)
     sockets = netutil.bind_sockets(
         settings.port, settings.host
     )
@@ -54,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.load(args.config)
-    except (pydantic.ValidationError, FileNotFoundError, ValueError) as exc:
+    except pydantic.ValidationError as exc:
+        print(f"exec-gateway: invalid settings: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:  # (a TOML syntax error names line, column)
         print(f"exec-gateway: invalid settings: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -62,7 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(serve(settings))
+        max_connections = connection_limit(settings, raise_fd_limit())
+    except ValueError as exc:
+        print(f"exec-gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings, max_connections))
+    except KeysFileError as exc:
+        print(f"exec-gateway: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"exec-gateway: cannot serve: {exc}", file=sys.stderr)
         return 1

@@ -41,6 +41,10 @@ class InvalidPath(BadRequest):
     code = "invalid_path"
 
 
+class EntrypointMissing(BadRequest):
+    code = "entrypoint_missing"
+
+
 class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
 
@@ -55,6 +59,10 @@ class SessionNotFound(NotFound):
 
 class FileNotFound(NotFound):
     code = "file_not_found"
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
 
 
 class MethodNotAllowed(GatewayError):

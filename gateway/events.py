@@ -5,7 +5,8 @@ Every cell run in a session (whoever started it: REST or any WebSocket) publishe
 here; each watcher of the session gets them in ``seq`` order, and a reconnecting client asks
 for what it missed with ``since``. Memory is bounded twice: the log keeps at most
 ``max_events`` events and ``max_bytes`` of payload, and one event carries at most
-``max_event_bytes`` of text (the rest is cut and the event says ``truncated``).
+``max_event_bytes`` (the rest is cut and the event says ``truncated``), all measured the one
+way ``gateway.bounds`` measures output.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import collections
 import logging
 from collections.abc import Callable
 from typing import Any
+
+from gateway.bounds import OUTPUT_OVERHEAD, clean_text, cut_text, json_size, sanitized, text_size
+from gateway.output import error_info
 
 log = logging.getLogger(__name__)
 
@@ -34,76 +38,66 @@ def close_for(event: Event) -> tuple[int, str] | None:
         return CLOSE_SESSION_GONE, "session closed"
     return None
 
-_MAX_TRACEBACK_LINES = 200
 _IOPUB_TYPES = {"stream", "display_data", "execute_result", "error", "clear_output",
                 "update_display_data"}
-
-
-def _cut(text: str, limit: int) -> tuple[str, bool]:
-    if len(text) <= limit:
-        return text, False
-    return text[:limit], True
+TOO_LARGE = {"text/plain": "<output too large to stream>"}
 
 
 def event_from_iopub(msg_type: str, content: dict[str, Any], max_bytes: int) -> Event | None:
-    """The WebSocket event for one iopub message, or None for the kernel's own bookkeeping."""
+    """The WebSocket event for one iopub message, or None for the kernel's own bookkeeping.
+    Bounded and cleaned by ``gateway.bounds`` (data and metadata both count)."""
     if msg_type not in _IOPUB_TYPES:
         return None
     if msg_type == "stream":
-        text, cut = _cut(str(content.get("text", "")), max_bytes)
-        event: Event = {"type": "stream", "name": content.get("name", "stdout"), "text": text}
+        text, cut = cut_text(clean_text(str(content.get("text", ""))), max_bytes)
+        event: Event = {"type": "stream", "name": clean_text(str(content.get("name", "stdout"))),
+                        "text": text}
         if cut:
             event["truncated"] = True
         return event
     if msg_type in ("display_data", "execute_result", "update_display_data"):
-        data = content.get("data") or {}
-        if _size(data) > max_bytes:  # non-text values (application/json) count too
-            data, cut = {"text/plain": "<output too large to stream>"}, True
-        else:
-            cut = False
-        event = {"type": msg_type, "data": data, "metadata": content.get("metadata") or {}}
-        transient = content.get("transient") or {}
-        if "display_id" in transient:
-            event["display_id"] = transient["display_id"]
-        if msg_type == "execute_result":
-            event["execution_count"] = content.get("execution_count")
-        if cut:
-            event["truncated"] = True
-        return event
+        return _display_event(msg_type, content, max_bytes)
     if msg_type == "error":
         return _error_event(content, max_bytes)
     return {"type": "clear_output", "wait": bool(content.get("wait", False))}
 
 
-def _error_event(content: dict[str, Any], max_bytes: int) -> Event:
-    # evalue is str(exception) and the traceback repeats it: both unbounded in the kernel
-    ename, cut_name = _cut(str(content.get("ename", "")), 1000)
-    evalue, cut_value = _cut(str(content.get("evalue", "")), max_bytes)
-    budget, lines, cut = max_bytes, [], cut_name or cut_value
-    raw = list(content.get("traceback") or [])
-    for line in raw[:_MAX_TRACEBACK_LINES]:
-        text, cut_line = _cut(str(line), budget)
-        lines.append(text)
-        budget -= len(text)
-        if cut_line or budget <= 0:
-            cut = True
-            break
-    event: Event = {"type": "error", "ename": ename, "evalue": evalue, "traceback": lines}
-    if cut or len(raw) > len(lines):
+def _display_event(msg_type: str, content: dict[str, Any], max_bytes: int) -> Event:
+    raw_data, raw_metadata = content.get("data") or {}, content.get("metadata") or {}
+    data, data_size = sanitized(raw_data if isinstance(raw_data, dict) else {})
+    metadata, metadata_size = sanitized(raw_metadata if isinstance(raw_metadata, dict) else {})
+    cut = data_size + metadata_size + OUTPUT_OVERHEAD > max_bytes
+    if cut:
+        data, metadata = dict(TOO_LARGE), {}
+    event: Event = {"type": msg_type, "data": data, "metadata": metadata}
+    transient = content.get("transient")
+    if isinstance(transient, dict) and isinstance(transient.get("display_id"), str):
+        event["display_id"] = clean_text(transient["display_id"])[:256]
+    if msg_type == "execute_result":
+        count = content.get("execution_count")
+        event["execution_count"] = count if isinstance(count, int) else None
+    if cut:
         event["truncated"] = True
     return event
 
 
-def _size(value: Any) -> int:
-    """Rough payload size of an event (characters of every string in it, plus overhead):
-    what the replay log counts against ``max_bytes``."""
-    if isinstance(value, str):
-        return len(value) + 8
-    if isinstance(value, dict):
-        return 32 + sum(len(str(k)) + _size(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return 16 + sum(_size(v) for v in value)
-    return 8
+def _error_event(content: dict[str, Any], max_bytes: int) -> Event:
+    # evalue is str(exception) and the traceback repeats it: both unbounded in the kernel
+    info = error_info(content)
+    evalue, cut = cut_text(info.evalue, max_bytes)
+    budget, lines = max_bytes, []
+    for line in info.traceback:
+        text, cut_line = cut_text(line, budget)
+        lines.append(text)
+        budget -= text_size(text)
+        if cut_line or budget <= 0:
+            cut = True
+            break
+    event: Event = {"type": "error", "ename": info.ename, "evalue": evalue, "traceback": lines}
+    raw = content.get("traceback")
+    if cut or (isinstance(raw, list) and len(raw) > len(lines)):
+        event["truncated"] = True
+    return event
 
 
 class EventLog:
@@ -121,7 +115,7 @@ class EventLog:
         """Number ``event``, keep it for replay, and hand it to every subscriber."""
         self.seq += 1
         event["seq"] = self.seq
-        size = _size(event)
+        size = json_size(event)
         self._log.append((event, size))
         self._bytes += size
         while self._log and (len(self._log) > self.max_events or self._bytes > self.max_bytes):

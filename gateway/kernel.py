@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 from pydantic import BaseModel
 
+from gateway.bounds import depth_exceeds
 from gateway.errors import KernelDied, KernelTimeout
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,14 @@ Route = Callable[[str, Message], None]  # (channel, message)
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 _SOCKET_TYPES = {"shell": zmq.DEALER, "iopub": zmq.SUB, "stdin": zmq.DEALER, "control": zmq.DEALER}
+
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+REJECT_LOG_INTERVAL_S = 60.0
+
+
+class Rejected(ValueError):
+    """A kernel message the gateway will not process (``args[0]``: the reason, a label)."""
 
 
 class ConnectionInfo(BaseModel):
@@ -114,6 +124,10 @@ class KernelConnection:
         self._dead: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         # sees every iopub message, whoever asked (Jupyter clients watch the whole kernel)
         self.iopub_tap: Callable[[Message], None] | None = None
+        self.on_reject: Callable[[str], None] | None = None  # (reason) of a dropped message
+        self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
+        self._rejected = 0
+        self._next_complaint = 0.0
 
     # ----------------------------------------------------------------- lifecycle
     async def connect(self, timeout_s: float, died: asyncio.Future[Any] | None = None) -> Message:
@@ -231,10 +245,25 @@ class KernelConnection:
                 return
             try:
                 msg = self._deserialize(frames)
-            except Exception:  # a kernel may send anything; never let it stop the reader
-                log.warning("dropped an invalid %s message", channel)
+            except Exception as exc:  # a kernel may send anything; never let it stop the reader
+                self._reject(channel, exc)
                 continue
             self._dispatch(channel, msg)
+
+    def _reject(self, channel: str, exc: Exception) -> None:
+        """Count a dropped message; log the first, then at most one line a minute (a kernel
+        must not be able to flood the log)."""
+        reason = exc.args[0] if isinstance(exc, Rejected) else "invalid"
+        if self.on_reject is not None:
+            self.on_reject(reason)
+        self._rejected += 1
+        now = time.monotonic()
+        if now >= self._next_complaint:
+            self._next_complaint = now + REJECT_LOG_INTERVAL_S
+            log.warning("dropped %d invalid kernel message(s) kernel=%s channel=%s last=%s: %s",
+                        self._rejected, os.path.basename(os.path.dirname(self.info.ip)),
+                        channel, reason, type(exc).__name__)
+            self._rejected = 0
 
     def _deserialize(self, frames: list[bytes]) -> Message:
         """Check the HMAC and decode one message. Like ``Session.deserialize`` without its
@@ -248,14 +277,22 @@ class KernelConnection:
             expected = self.session.sign(parts[1:5])
             if not hmac.compare_digest(parts[0], expected):
                 raise ValueError("invalid signature")
-        header = json.loads(parts[1])
+        if sum(len(p) for p in parts) > self.max_message_bytes:
+            raise Rejected("too_large")
+        header, parent, metadata, content = (json.loads(p) for p in parts[1:5])
+        if not all(isinstance(d, dict) for d in (header, parent, metadata, content)) or \
+                not isinstance(header.get("msg_id"), str) or \
+                not isinstance(header.get("msg_type"), str):
+            raise Rejected("malformed")
+        if depth_exceeds(content) or depth_exceeds(metadata):
+            raise Rejected("too_deep")
         return {
             "header": header,
             "msg_id": header["msg_id"],
             "msg_type": header["msg_type"],
-            "parent_header": json.loads(parts[2]),
-            "metadata": json.loads(parts[3]),
-            "content": json.loads(parts[4]),
+            "parent_header": parent,
+            "metadata": metadata,
+            "content": content,
             "buffers": parts[5:],
         }
 
@@ -293,7 +330,7 @@ class KernelConnection:
         asyncio.ensure_future(sent).add_done_callback(_ignore_result)
 
     async def execute(
-        self, code: str, *, allow_stdin: bool, on_message: Route
+        self, code: str, *, allow_stdin: bool, on_message: Route, store_history: bool = True
     ) -> Message:
         """Run one cell; ``on_message`` sees its iopub and stdin messages in order.
 
@@ -305,7 +342,7 @@ class KernelConnection:
             {
                 "code": code,
                 "silent": False,
-                "store_history": True,
+                "store_history": store_history,
                 "user_expressions": {},
                 "allow_stdin": allow_stdin,
                 "stop_on_error": True,

@@ -31,6 +31,11 @@ class Metrics:
             "gateway_kernel_deaths", "Kernels that died on their own", ["reason"],
             registry=self.registry,
         )
+        self.kernel_messages_rejected = Counter(
+            "gateway_kernel_messages_rejected",
+            "Kernel messages dropped at the gateway's door (too large, too deep, malformed)",
+            ["reason"], registry=self.registry,
+        )
         self.reaped = Counter(
             "gateway_sessions_reaped", "Sessions removed by the reaper", ["why"],
             registry=self.registry,

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SESSION_ID_PATTERN = SESSION_ID_RE.pattern
@@ -22,10 +22,19 @@ class Request(BaseModel):
 class Limits(Request):
     """Sandbox limits of one session. ``None`` means the server default."""
 
-    memory_mb: int | None = Field(None, ge=32, description="memory limit (swap included), MiB")
+    # the least an interpreter starts in (a local kernel with its RLIMIT_DATA needs ~100 MiB)
+    memory_mb: int | None = Field(None, ge=128, description="memory limit (swap included), MiB")
     cpus: float | None = Field(None, gt=0, le=64, allow_inf_nan=False, description="CPU quota")
     pids: int | None = Field(None, ge=32, description="maximum processes and threads")
     disk_mb: int | None = Field(None, ge=1, description="writable scratch space, MiB")
+
+    @field_validator("memory_mb", "pids", "disk_mb", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        """JSON has one number type: 256.0 is the integer 256 (as JSON Schema says)."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class CreateSession(Request):
@@ -38,6 +47,10 @@ class ExecuteRequest(Request):
     code: str
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="seconds")
     stdin: list[str] | None = Field(None, description="answers to input() calls, in order")
+    entrypoint: Literal["main"] | None = Field(
+        None, description="after the code, call main() and return its value as JSON in result")
+    wait: bool = Field(True, description="false: answer 202 with a run_id at once and run the "
+                                         "cell in the background (GET .../runs/{run_id})")
 
 
 class ExecuteStatus(StrEnum):
@@ -78,7 +91,7 @@ class FileList(BaseModel):
 class ExecuteResult(BaseModel):
     """The whole answer to one cell, with the state contract spelled out."""
 
-    session_id: str
+    session_id: str | None = Field(description="null for a one-shot run (POST /v1/run)")
     execution_count: int | None
     generation: int = Field(description="increments whenever the interpreter is replaced")
     status: ExecuteStatus
@@ -92,6 +105,11 @@ class ExecuteResult(BaseModel):
     files_changed: list[FileInfo] = Field(
         [], description="workspace files the cell created or modified (the first 100 by path)")
     files_changed_truncated: bool = Field(False, description="more files changed than listed")
+    result: Any = Field(None, description="main()'s return value (entrypoint), as JSON")
+    cpu_ms: float | None = Field(None, description="CPU time the sandbox used during the call")
+    memory_peak_mb: float | None = Field(
+        None, description="peak memory of the sandbox during the call, MiB")
+    tests: TestsReport | None = Field(None, description="graded test cases (POST /v1/run)")
 
 
 class SessionState(StrEnum):
@@ -129,6 +147,14 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class Capabilities(BaseModel):
+    kernel_libraries: dict[str, str] = Field(
+        {}, description="libraries of the kernels and their versions (python included); "
+                        "empty until learnt at start-up")
+    kernel_blocked_modules: list[str] = Field([], description="modules kernels refuse")
+    max_tests: int = Field(0, description="test cases one POST /v1/run may carry")
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
@@ -140,6 +166,7 @@ class Health(BaseModel):
     default_limits: Limits
     max_limits: Limits
     checks: dict[str, str] = {}
+    capabilities: Capabilities = Capabilities()
 
 
 # ---------------------------------------------------------------- WebSocket v1 (client → server)
@@ -174,3 +201,82 @@ class JupyterKernelCreate(BaseModel):
 
     name: str | None = Field(None, max_length=64)
     env: dict[str, str] | None = None
+
+
+# ---------------------------------------------------------------- one-shot runs and tests
+Stdin = str | list[str]  # a string is split into lines (as the seeds' input_data)
+Compare = Literal["exact", "strip", "whitespace", "regex"]
+
+
+class TestCase(Request):
+    """One graded case: the submission, then ``code``, in a fresh sandbox of its own."""
+
+    __test__ = False  # not a pytest class
+
+    name: str | None = Field(None, max_length=200)
+    stdin: Stdin | None = Field(None, description="answers to input(), submission first")
+    code: str | None = Field(None, description="run after the submission, same sandbox")
+    expected_stdout: str | None = None
+    expected_result: Any = Field(None, description="main()'s value must equal this (JSON)")
+    compare: Compare = Field("strip", description="how stdout is compared (never substring)")
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+class RunRequest(Request):
+    """POST /v1/run: a stateless run in a fresh sandbox from the warm pool."""
+
+    code: str
+    stdin: Stdin | None = Field(None, description="a string (split into lines) or the lines")
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="seconds")
+    limits: Limits | None = None
+    entrypoint: Literal["main"] | None = None
+    tests: list[TestCase] | None = Field(None, description="at most max_tests (default 50)")
+
+
+class TestResult(BaseModel):
+    __test__ = False
+
+    name: str
+    passed: bool
+    status: ExecuteStatus
+    stdout: str = ""
+    stderr: str = ""
+    expected_stdout: str | None = None
+    result: Any = None
+    diff: str | None = Field(None, description="a short unified diff when stdout differs")
+    duration_ms: float
+    cpu_ms: float | None = None
+    memory_peak_mb: float | None = None
+    error: ErrorInfo | None = None
+
+
+class TestsReport(BaseModel):
+    __test__ = False
+
+    passed: int
+    failed: int
+    results: list[TestResult]
+
+
+# ---------------------------------------------------------------- async runs (wait: false)
+class RunState(StrEnum):
+    queued = "queued"
+    running = "running"
+    finished = "finished"
+
+
+class RunAccepted(BaseModel):
+    run_id: str
+    status: RunState
+    status_url: str
+
+
+class RunInfo(BaseModel):
+    run_id: str
+    status: RunState
+    queue_position: int | None = Field(None, description="1: next to run")
+    result: ExecuteResult | None = None
+    error: ErrorDetail | None = Field(None, description="why a finished run has no result")
+
+
+ExecuteResult.model_rebuild()

@@ -1,13 +1,16 @@
-"""OpenAPI: the v1 document, generated from the pydantic wire models."""
+"""OpenAPI: the v1 document, generated from the pydantic wire models and this server's
+settings (the limits it enforces on valid-looking input are in the document, so a request
+the document calls valid is not refused with a 400)."""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway import __version__
+from gateway import __version__, policy
 from gateway.models import (
     SESSION_ID_PATTERN,
     CreateSession,
@@ -17,13 +20,20 @@ from gateway.models import (
     FileInfo,
     FileList,
     Health,
+    RunAccepted,
+    RunInfo,
+    RunRequest,
     SessionInfo,
     SessionList,
 )
 
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
 _MODELS: list[type[BaseModel]] = [
     CreateSession, ExecuteRequest, ExecuteResult, SessionInfo, SessionList, ErrorBody, Health,
     FileInfo, FileList,
+    RunRequest, RunAccepted, RunInfo,
 ]
 _FILE_ERRORS = {
     "400": "invalid_path: absolute, '..', '.', NUL or control characters, an empty segment, "
@@ -51,7 +61,7 @@ def _op(summary: str, ok: int, model: type[BaseModel] | None, body: type[BaseMod
     }
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
-        op["requestBody"] = {"required": body is ExecuteRequest, **_json(body)}
+        op["requestBody"] = {"required": body in (ExecuteRequest, RunRequest), **_json(body)}
     return op
 
 
@@ -97,12 +107,72 @@ def _files_paths(sid: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_openapi() -> dict[str, Any]:
+def _named(operation_id: str, op: dict[str, Any]) -> dict[str, Any]:
+    return {"operationId": operation_id, **op}
+
+
+def _execute() -> dict[str, Any]:
+    op = _op("Run one cell", 200, ExecuteResult, ExecuteRequest)
+    op["responses"]["202"] = {"description": "wait: false — queued in the background",
+                              **_json(RunAccepted)}
+    return op
+
+
+def _with_maximum(prop: dict[str, Any], maximum: float) -> None:
+    """Cap the numeric branch of a (possibly nullable) property at ``maximum``."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") in ("integer", "number"):
+            branch["maximum"] = min(maximum, branch.get("maximum", maximum))
+
+
+def _server_limits(schemas: dict[str, Any], settings: Settings) -> None:
+    """What SessionManager checks beyond the models, written into the request schemas."""
+    asked = copy.deepcopy(schemas["Limits"])  # responses keep Limits: defaults may be higher
+    asked["title"] = "RequestedLimits"
+    for name, top in settings.max_limits.model_dump().items():
+        if top is not None:
+            _with_maximum(asked["properties"][name], top)
+    schemas["RequestedLimits"] = asked
+    create = schemas["CreateSession"]["properties"]
+    for request in (create, schemas["RunRequest"]["properties"]):
+        for branch in request["limits"]["anyOf"]:
+            if "$ref" in branch:
+                branch["$ref"] = "#/components/schemas/RequestedLimits"
+    env = next(b for b in create["env"]["anyOf"] if b.get("type") == "object")
+    env["additionalProperties"] = {"type": "string", "maxLength": 4096,
+                                   "pattern": "^[^\\x00-\\x1f]*$"}
+    if "PYTHONHASHSEED" in settings.env_allowlist:
+        env["properties"] = {"PYTHONHASHSEED": {"type": "string",
+                                                "pattern": policy.HASH_SEED_PATTERN}}
+    if settings.env_allowlist:
+        env["propertyNames"] = {"enum": sorted(settings.env_allowlist)}
+    else:
+        env["maxProperties"] = 0
+    for name in ("ExecuteRequest", "RunRequest"):
+        execute = schemas[name]["properties"]
+        _with_maximum(execute["timeout_s"], settings.max_timeout_s)
+        for branch in execute["stdin"]["anyOf"]:
+            if branch.get("type") == "array":
+                branch["maxItems"] = settings.max_stdin_lines
+        execute["code"]["description"] = (f"at most max_code_bytes ({settings.max_code_bytes})"
+                                          f" bytes of UTF-8 (413 beyond)")
+
+
+def build_openapi(settings: Settings) -> dict[str, Any]:
     _, schema = models_json_schema(
         [(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}"
     )
+    schemas = schema.get("$defs", {})
+    _server_limits(schemas, settings)
     sid = {"name": "session_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": SESSION_ID_PATTERN}}
+
+    run_id = {"name": "run_id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+    wait_s = {"name": "wait_s", "in": "query", "required": False,
+              "description": "long-poll: answer when the run finishes or after this many "
+                             "seconds (at most 60)",
+              "schema": {"type": "number", "minimum": 0, "maximum": 60}}
 
     def with_id(op: dict[str, Any]) -> dict[str, Any]:
         return {**op, "parameters": [sid]}
@@ -111,10 +181,13 @@ def build_openapi() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "exec-gateway", "version": __version__},
         "components": {
-            "schemas": schema.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"apiKey": []}],
         "paths": {
             "/v1/sessions": {
                 "get": _op("List this key's sessions", 200, SessionList),
@@ -125,7 +198,18 @@ def build_openapi() -> dict[str, Any]:
                 "delete": with_id(_op("Stop the kernel and remove the session", 204, None)),
             },
             "/v1/sessions/{session_id}/execute": {
-                "post": with_id(_op("Run one cell", 200, ExecuteResult, ExecuteRequest)),
+                "post": with_id(_execute()),
+            },
+            "/v1/sessions/{session_id}/runs/{run_id}": {
+                "get": _named("get_run", {**_op("A background run's state and result", 200,
+                                                RunInfo), "parameters": [sid, run_id, wait_s]}),
+                "delete": _named("cancel_run", {
+                    **_op("Remove a queued or finished run; interrupt a running one", 204,
+                          None), "parameters": [sid, run_id]}),
+            },
+            "/v1/run": {
+                "post": _named("run", _op("One-shot run in a fresh sandbox (with graded tests)",
+                                          200, ExecuteResult, RunRequest)),
             },
             "/v1/sessions/{session_id}/interrupt": {
                 "post": with_id(_op("Interrupt the running cell", 204, None)),
@@ -136,7 +220,13 @@ def build_openapi() -> dict[str, Any]:
             **_files_paths(sid),
             "/healthz": {"get": {**_op("Liveness and capabilities", 200, Health), "security": []}},
             "/readyz": {"get": _op("Readiness: launcher and registry reachable", 200, Health)},
-            "/metrics": {"get": {"summary": "Prometheus metrics",
-                                 "responses": {"200": {"description": "text exposition"}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "Prometheus text exposition",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": {"description": "missing or invalid token", **_json(ErrorBody)},
+                },
+            }},
         },
     }

@@ -1,7 +1,9 @@
 """OutputCollector: folds one cell's iopub messages into an ExecuteResult, within a byte cap.
 
-Whatever the kernel prints, the collector holds at most ``max_bytes`` of it; the rest is
-counted as dropped and the result says ``truncated: true``.
+Whatever the kernel prints or displays, the collector holds at most ``max_bytes`` (measured by
+``gateway.bounds``: data, metadata and a per-output overhead, so empty or metadata-only outputs
+cost too) and at most ``max_outputs`` outputs; the rest is dropped and the result says
+``truncated: true``.
 """
 
 from __future__ import annotations
@@ -9,45 +11,37 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gateway.bounds import OUTPUT_OVERHEAD, clean_text, cut_text, sanitized, text_size
 from gateway.models import ErrorInfo, Output
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_MAX_TRACEBACK_LINES = 200
+MAX_TRACEBACK_LINES = 200
+MAX_ENAME_BYTES = 1000
+MAX_LINE_BYTES = 10_000
 
 
-def clean(text: str) -> str:
-    """``text`` without lone surrogates (a kernel may send them; JSON answers cannot hold them)."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+def plain_traceback(lines: list[Any]) -> list[str]:
+    """Traceback lines without terminal colour codes, at most 200 of them, each bounded."""
+    return [cut_text(_ANSI.sub("", clean_text(str(line))), MAX_LINE_BYTES)[0]
+            for line in lines[:MAX_TRACEBACK_LINES]]
 
 
-def _clean_data(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: clean(v) if isinstance(v, str) else v for k, v in data.items()}
-
-
-def _size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
-
-
-def _data_size(data: dict[str, Any]) -> int:
-    return sum(_size(v) if isinstance(v, str) else len(str(v)) for v in data.values())
-
-
-def plain_traceback(lines: list[str]) -> list[str]:
-    """Traceback lines without terminal colour codes, at most 200 of them."""
-    return [_ANSI.sub("", line) for line in lines[:_MAX_TRACEBACK_LINES]]
+def error_info(content: dict[str, Any]) -> ErrorInfo:
+    """The ErrorInfo of a kernel's ``error`` message or error reply, bounded and cleaned."""
+    raw = content.get("traceback")
+    return ErrorInfo(
+        ename=cut_text(clean_text(str(content.get("ename", ""))), MAX_ENAME_BYTES)[0],
+        evalue=cut_text(clean_text(str(content.get("evalue", ""))), MAX_LINE_BYTES)[0],
+        traceback=plain_traceback(raw if isinstance(raw, list) else []),
+    )
 
 
 class OutputCollector:
     """Called for each iopub message of one execute request, in order."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_outputs: int) -> None:
         self.max_bytes = max_bytes
+        self.max_outputs = max_outputs
         self.used = 0
         self.truncated = False
         self.stdout: list[str] = []
@@ -64,28 +58,33 @@ class OutputCollector:
 
     def add(self, msg_type: str, content: dict[str, Any]) -> None:
         if msg_type == "stream":
-            self._add_stream(content.get("name", "stdout"), clean(str(content.get("text", ""))))
+            self._add_stream(str(content.get("name", "stdout")),
+                             clean_text(str(content.get("text", ""))))
         elif msg_type in ("execute_result", "display_data"):
-            data = _clean_data(content.get("data") or {})
-            if self._take(_data_size(data)):
-                metadata = content.get("metadata") or {}
-                self.outputs.append(Output(type=msg_type, data=data, metadata=metadata))  # type: ignore[arg-type]
+            self._add_output(msg_type, content)
         elif msg_type == "error":
-            traceback = plain_traceback([clean(str(t)) for t in content.get("traceback") or []])
-            self.error = ErrorInfo(
-                ename=clean(str(content.get("ename", "")))[:1000],
-                evalue=clean(str(content.get("evalue", "")))[:10_000],
-                traceback=[line[:10_000] for line in traceback],
-            )
+            self.error = error_info(content)
         elif msg_type == "clear_output":
             self.stdout.clear()
             self.stderr.clear()
             self.outputs.clear()
             self.used = 0
 
+    def _add_output(self, msg_type: str, content: dict[str, Any]) -> None:
+        raw_data, raw_metadata = content.get("data") or {}, content.get("metadata") or {}
+        if not isinstance(raw_data, dict) or not isinstance(raw_metadata, dict):
+            return  # not an output a client could read
+        if len(self.outputs) >= self.max_outputs:
+            self.truncated = True
+            return
+        data, data_size = sanitized(raw_data)
+        metadata, metadata_size = sanitized(raw_metadata)
+        if self._take(data_size + metadata_size + OUTPUT_OVERHEAD):
+            self.outputs.append(Output(type=msg_type, data=data, metadata=metadata))  # type: ignore[arg-type]
+
     def _add_stream(self, name: str, text: str) -> None:
         parts = self.stderr if name == "stderr" else self.stdout
-        size = _size(text)
+        size = text_size(text)
         room = self.max_bytes - self.used
         if size <= room:
             self.used += size
@@ -93,10 +92,7 @@ class OutputCollector:
             return
         self.truncated = True
         if room > 0:
-            # cut on a character boundary within the remaining budget
-            piece = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
-            self.used += _size(piece)
-            parts.append(piece)
+            parts.append(cut_text(text, room)[0])
             self.used = self.max_bytes
 
     @property

@@ -7,6 +7,7 @@ on input a client must fix. Called by the session layer before anything is start
 from __future__ import annotations
 
 import math
+import re
 import uuid
 
 from gateway import errors
@@ -64,8 +65,19 @@ def resolve_env(settings: Settings, asked: dict[str, str] | None, *, strict: boo
         if len(value) > MAX_ENV_VALUE_CHARS or any(ord(ch) < 32 for ch in value):
             raise errors.ValidationFailed(f"env value for {key!r} is too long or has "
                                           "control characters")
+        if key == "PYTHONHASHSEED" and not _hash_seed(value):
+            # Python refuses to start with any other value: a 400, not a failed kernel (503)
+            raise errors.ValidationFailed(
+                "PYTHONHASHSEED must be 'random' or an integer of at most 9 digits")
         env[key] = value
     return env
+
+
+HASH_SEED_PATTERN = r"^(random|[0-9]{1,9})$"  # (Python takes up to 2**32 - 1; 9 digits suffice)
+
+
+def _hash_seed(value: str) -> bool:
+    return re.fullmatch(HASH_SEED_PATTERN, value) is not None
 
 
 def execute_timeout(settings: Settings, req: ExecuteRequest) -> float:

@@ -5,14 +5,16 @@ Read once by ``__main__`` and passed down; nothing else reads ``os.environ``.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +47,13 @@ class Settings(BaseSettings):
     # restarted gateway re-adopts its sessions. Give each replica its own.
     instance_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     keep_kernels_on_shutdown: bool | None = None  # None: keep them with redis + docker
+    # open HTTP connections at most (WebSockets, once upgraded, are not counted); also kept
+    # below RLIMIT_NOFILE less room for every session's kernel. At the cap a new connection
+    # replaces the one idle longest (no request yet, or between requests).
+    max_connections: int = Field(4096, ge=1)
+    header_timeout_s: float = Field(10.0, gt=0)  # a new connection's first request headers
+    keepalive_timeout_s: float = Field(60.0, gt=0)  # idle between requests on a connection
+    body_timeout_s: float = Field(60.0, gt=0)  # to receive a whole request body
 
     # --- auth
     token: SecretStr | None = None  # one API key; generated and printed if no key is configured
@@ -87,7 +96,18 @@ class Settings(BaseSettings):
     max_code_bytes: int = Field(1_000_000, ge=1)
     max_request_bytes: int = Field(2_000_000, ge=1024)
     max_output_bytes: int = Field(1_000_000, ge=1024)  # per REST result; beyond → truncated
+    max_outputs_per_cell: int = Field(1000, ge=1)  # display outputs kept per result
+    # a kernel message larger than this (all frames) is dropped and counted
+    max_kernel_message_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     max_stdin_lines: int = Field(1000, ge=0)
+
+    # --- one-shot runs (POST /v1/run) and background runs (wait: false)
+    max_tests: int = Field(50, ge=0)  # test cases in one /v1/run request
+    run_concurrency: int = Field(4, ge=1)  # sandboxes one /v1/run request uses at once
+    run_retention_s: float = Field(600.0, gt=0, allow_inf_nan=False)  # finished runs kept
+    run_keep_per_session: int = Field(32, ge=1)  # finished runs kept per session (oldest go)
+    # modules kernels refuse to import (an audit hook; defense in depth, not a boundary)
+    kernel_blocked_modules: list[str] = []
 
     reap_connected: bool = False  # also reap idle sessions that a WebSocket is watching
 
@@ -134,6 +154,9 @@ class Settings(BaseSettings):
     # the kernel's group when the gateway runs as root (otherwise the gateway's own gid, so
     # the gateway can reach the kernel's sockets through the setgid socket directory)
     docker_kernel_gid: int = Field(1000, ge=1)
+    # seccomp profile (Docker's JSON format) for kernel containers; None: the bundled one,
+    # Docker's default less what a Python kernel never needs (see the README)
+    docker_seccomp_profile: Path | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -142,6 +165,38 @@ class Settings(BaseSettings):
         if self.lease_renew_s >= self.lease_ttl_s:
             raise ValueError("lease_renew_s must be shorter than lease_ttl_s")
         return self
+
+    @model_validator(mode="after")
+    def _kernel_is_not_the_gateway(self) -> Settings:
+        # a kernel with the gateway's own uid would own its host socket directory: it could
+        # chmod it, fill the host disk past every container limit, and plant what it likes
+        if self.launcher == "docker" and os.geteuid() != 0 \
+                and os.geteuid() == self.docker_kernel_uid:
+            raise ValueError(
+                f"docker_kernel_uid={self.docker_kernel_uid} is the gateway's own uid: run the "
+                "gateway as another user, or set GATEWAY_DOCKER_KERNEL_UID to a uid of its own")
+        return self
+
+    @field_validator("docker_seccomp_profile")
+    @classmethod
+    def _seccomp_profile_is_json(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                profile = json.loads(value.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise ValueError(f"cannot read a JSON seccomp profile from {value}: "
+                                 f"{type(exc).__name__}") from None
+            if not isinstance(profile, dict) or "defaultAction" not in profile:
+                raise ValueError(f"{value} is not a seccomp profile (no defaultAction)")
+        return value
+
+    @field_validator("kernel_blocked_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+                raise ValueError(f"kernel_blocked_modules: {name!r} is not a module name")
+        return value
 
     @field_validator("runtime_dir")
     @classmethod
@@ -189,3 +244,11 @@ class Settings(BaseSettings):
                 return (init_settings, env_settings, toml)
 
         return _FromFile(**overrides)
+
+
+def describe_error(exc: ValidationError) -> str:
+    """A settings error as one line per problem, naming the setting but never echoing its value
+    (pydantic's own text quotes the input: a token, a password)."""
+    problems = exc.errors(include_input=False, include_url=False, include_context=False)
+    lines = [f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in problems]
+    return "; ".join(lines)

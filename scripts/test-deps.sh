@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs or builds what the test suite needs that pip cannot provide: redis-server, a headless
-# Chromium with its driver, and the kernel image. Idempotent and quick when all is present.
+# Chromium with its driver, the kernel image and the local kernels' environment. Idempotent
+# and quick when all is present.
 # In CI (CI=true) anything that cannot be had is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +28,6 @@ elif [ "${CI:-}" = "true" ]; then
 else
     echo "test-deps: no Docker engine: the docker-launcher tests will be skipped (they fail in CI)"
 fi
+# the local kernels' environment (`make run` uses it; tests/test_kernel_env.py checks it)
+make -s kernel-env
 echo "test-deps: ready"

@@ -193,7 +193,19 @@ def require_docker() -> Any:
 
 def containers_of(client: Any, instance_id: str | None = None) -> list[Any]:
     """Containers (any state) labelled by this project, of one gateway or of this run."""
-    found = client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+    import docker.errors
+
+    def listed() -> list[Any]:
+        return client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+
+    for _attempt in range(4):  # a container removed between the list and its inspect: again
+        try:
+            found = listed()
+            break
+        except docker.errors.NotFound:
+            continue
+    else:
+        found = listed()
     if instance_id is not None:
         return [c for c in found if c.labels.get(LABEL_GATEWAY) == instance_id]
     return [c for c in found if c.labels.get(LABEL_GATEWAY, "").startswith(f"t{RUN_ID}-")]

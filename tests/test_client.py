@@ -539,7 +539,8 @@ def test_retry_policy_honours_retry_after_and_never_replays_a_maybe_run_cell() -
 
 
 # ------------------------------------------------------------------ models agree with the server
-MODEL_ALIASES = {"LimitsRequest": "Limits"}  # the client's request twin of a response model
+MODEL_ALIASES = {"LimitsRequest": "Limits",  # the client's request twin of a response model
+                 "RequestedLimits": "Limits"}  # the server's (its maxima written in)
 
 
 def _atoms(schema: dict[str, Any], defs: dict[str, Any]) -> set[Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway.launchers.docker import SECCOMP_PROFILE
 from tests.conftest import (
     LABEL_GATEWAY,
     Gateway,
@@ -198,7 +199,9 @@ def test_container_is_created_locked_down_with_default_limits(
     host = c.attrs["HostConfig"]
     assert host["ReadonlyRootfs"] is True and host["NetworkMode"] == "none"
     assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
-    assert host["SecurityOpt"] == ["no-new-privileges"]
+    nnp, seccomp = host["SecurityOpt"]
+    assert nnp == "no-new-privileges" and seccomp.startswith("seccomp=")
+    assert json.loads(seccomp.removeprefix("seccomp=")) == json.loads(SECCOMP_PROFILE.read_text())
     assert host["Init"] is True and host["Privileged"] is False
     assert host["Memory"] == host["MemorySwap"] == 512 * MiB
     assert host["NanoCpus"] == 1_000_000_000 and host["PidsLimit"] == 128
@@ -421,3 +424,90 @@ def test_non_root_gateway_reaches_its_kernels(gateway_factory: Any, docker_clien
     assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)) == (uid, gid, oct(0o2750))
     assert gw.http.delete("/v1/sessions/s").status_code == 204
     assert containers_of(docker_client, gw.env["GATEWAY_INSTANCE_ID"]) == []
+
+
+# ---------------------------------------------------------------------- seccomp
+# x86_64 numbers (asm/unistd_64.h) and arguments that make each call succeed, or fail with an
+# errno other than EPERM, wherever the call is allowed: EPERM then means the profile refused it.
+BLOCKED_SYSCALLS = {
+    "ptrace": (101, [2, 0x7FFFFFFF, 0, 0]),  # PEEKDATA of no such pid: ESRCH
+    "process_vm_readv": (310, ["getpid", 0, 0, 0, 0, 0]),  # nothing to copy: 0
+    "process_vm_writev": (311, ["getpid", 0, 0, 0, 0, 0]),
+    "kcmp": (312, ["getpid", "getpid", 0, 0, 0]),  # KCMP_FILE 0 vs 0 of itself: 0
+    "pidfd_getfd": (438, [-1, 0, 0]),  # EBADF
+    "process_madvise": (440, [-1, 0, 0, 0, 0]),  # EBADF
+    "personality": (135, [0xFFFFFFFF]),  # a query: the current persona
+    "io_uring_setup": (425, [0, 0]),  # no entries: EINVAL
+    "io_uring_enter": (426, [-1, 0, 0, 0, 0, 0]),  # EBADF
+    "io_uring_register": (427, [-1, 0, 0, 0]),  # EBADF
+    "userfaultfd": (323, [1]),  # UFFD_USER_MODE_ONLY: a descriptor
+    "keyctl": (250, [9999, 0, 0, 0, 0]),  # no such operation: EOPNOTSUPP
+    "add_key": (248, [0, 0, 0, 0, 0]),  # NULL type: EFAULT
+    "request_key": (249, [0, 0, 0, 0]),  # EFAULT
+    "perf_event_open": (298, [0, 0, -1, -1, 0]),  # NULL attr: EFAULT
+    "bpf": (321, [9999, 0, 0]),  # no such command: EINVAL (EPERM if the host forbids bpf)
+}
+
+
+def test_seccomp_refuses_what_a_kernel_never_needs(gw: Gateway, sid: str) -> None:
+    seen = value(gw, sid, f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+out = {{}}
+for name, (number, args) in {BLOCKED_SYSCALLS!r}.items():
+    args = [os.getpid() if a == "getpid" else a for a in args]
+    ctypes.set_errno(0)
+    result = libc.syscall(ctypes.c_long(number), *[ctypes.c_long(a) for a in args])
+    out[name] = [result, ctypes.get_errno()]
+    if result > 2 and name == "userfaultfd":
+        os.close(result)
+st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
+out["Seccomp"] = st["Seccomp"].strip()
+""")
+    assert seen.pop("Seccomp") == "2"  # a filter is on
+    refused = {name: r for name, r in seen.items() if r == [-1, 1]}  # -1, EPERM
+    assert refused == seen, {name: r for name, r in seen.items() if r != [-1, 1]}
+
+
+def test_numpy_pandas_matplotlib_threads_and_subprocesses_work_under_seccomp(
+    gw: Gateway, sid: str
+) -> None:
+    seen = value(gw, sid, """
+import io, subprocess, sys, threading, concurrent.futures, multiprocessing
+import numpy as np, pandas as pd, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+a = np.random.default_rng(0).random((200, 200))
+frame = pd.DataFrame({"x": range(10), "y": [v * v for v in range(10)]})
+fig, ax = plt.subplots(); ax.plot(frame.x, frame.y); png = io.BytesIO(); fig.savefig(png)
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    threads = sorted(pool.map(lambda v: v * 2, range(8)))
+with multiprocessing.get_context("fork").Pool(2) as procs:
+    forked = procs.map(abs, [-1, -2])
+child = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True)
+shell = subprocess.run("echo hi | tr a-z A-Z", shell=True, capture_output=True, text=True)
+out = {"det": round(float(np.linalg.det(np.eye(3) * 2)), 6), "inv": bool(np.allclose(
+       a @ np.linalg.inv(a), np.eye(200), atol=1e-6)), "sum": int(frame.y.sum()),
+       "png": png.getvalue()[:4] == b"\\x89PNG", "threads": threads, "forked": forked,
+       "child": child.stdout.strip(), "shell": shell.stdout.strip()}
+""")
+    assert seen == {"det": 8.0, "inv": True, "sum": 285, "png": True,
+                    "threads": [0, 2, 4, 6, 8, 10, 12, 14], "forked": [1, 2], "child": "42",
+                    "shell": "HI"}
+
+
+def test_docker_seccomp_profile_setting_replaces_the_bundled_profile(
+    gateway_factory: Any, docker_client: Any, tmp_path: Path
+) -> None:
+    profile = json.loads(SECCOMP_PROFILE.read_text())
+    for rule in profile["syscalls"]:
+        rule["names"] = [n for n in rule["names"] if n != "getpriority"]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    gw = gateway_factory(launcher="docker", instance_id=docker_instance_id("seccomp"),
+                         docker_seccomp_profile=path, pool_size=0)
+    code = ("import os\ntry:\n    out = os.getpriority(os.PRIO_PROCESS, 0)\n"
+            "except OSError as e:\n    out = e.errno\n")
+    assert value(gw, "custom", code) == 1  # EPERM: this profile does not allow it
+    gw.http.delete("/v1/sessions/custom")

@@ -40,7 +40,7 @@ def start_http_mcp(server: GatewayProc, log: Path, prefix: str
     port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen([MCP, "--transport", "http", "--port", str(port), "--url",
-                                 server.url, "--token", server.token, "--session-prefix",
+                                 server.url, f"--token={server.token}", "--session-prefix",
                                  prefix], stdout=out, stderr=subprocess.STDOUT)
 
     def listening() -> bool:

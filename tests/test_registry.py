@@ -59,6 +59,20 @@ async def test_records_are_namespaced_by_owner(registry: Registry) -> None:
     assert {r.owner for r in await registry.list()} == {"alice", "bob"}
 
 
+@pytest.mark.parametrize("owner", ["alice:ci", "alice:", "alice%3Aci", "alice/ci"])
+async def test_no_owner_sees_another_whose_name_starts_with_its_own(registry: Registry,
+                                                                    owner: str) -> None:
+    await registry.put(record(owner, "s1"))
+    await registry.put(record("alice", "s2"))
+    assert [r.session_id for r in await registry.list("alice")] == ["s2"]
+    assert [r.session_id for r in await registry.list(owner)] == ["s1"]
+    # a session id that spells the rest of the other owner's key finds nothing either
+    assert await registry.get("alice", owner.removeprefix("alice") + "s1") is None
+    assert await registry.get("alice", owner.removeprefix("alice:") + ":s1") is None
+    await registry.claim([(owner, "s1")], "gw-a", 5.0)
+    assert (await registry.lookup("alice", owner.removeprefix("alice") + "s1"))[1] is None
+
+
 async def test_put_replaces_and_delete_removes(registry: Registry) -> None:
     await registry.put(record("alice", "s1"))
     await registry.put(record("alice", "s1", generation=2))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pydantic
@@ -10,7 +14,8 @@ import pytest
 
 from gateway.settings import Settings
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "gateway.example.toml"
 
 
 def test_example_config_documents_every_setting() -> None:
@@ -57,3 +62,39 @@ def test_advertised_url_reaches_this_replica() -> None:
     for bad in ("gw-1:8888", "ftp://gw-1", "http://gw-1/path", "http://gw 1"):
         with pytest.raises(pydantic.ValidationError):
             Settings(internal_url=bad)
+
+
+def run_gateway(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway`` with only ``env`` (and PATH); returns once it exits."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT,
+                          env={"PATH": os.environ.get("PATH", os.defpath), **env})
+
+
+def test_settings_errors_never_print_secret_values(tmp_path: Path) -> None:
+    secret = "hunter2-" + secrets.token_hex(8)
+    config = tmp_path / "g.toml"
+    config.write_text(f'tokn = "{secret}"\nredis_password = 5\n')  # a typo; a wrong type
+    cases = [
+        run_gateway(env={"GATEWAY_TOKEN": secret, "GATEWAY_LEASE_RENEW_S": "20"}),
+        run_gateway("--config", str(config), env={}),
+        run_gateway(env={"GATEWAY_TOKEN": secret, "GATEWAY_PORT": secret}),
+    ]
+    for done, says in zip(cases, ["lease_renew_s", "tokn", "port"], strict=True):
+        assert done.returncode == 2, done.stderr
+        assert says in done.stderr
+        assert secret[:6] not in done.stdout + done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_seccomp_profile_must_be_a_json_profile(tmp_path: Path) -> None:
+    bad = tmp_path / "p.json"
+    for content in ("not json", '{"syscalls": []}'):
+        bad.write_text(content)
+        with pytest.raises(pydantic.ValidationError, match="seccomp profile"):
+            Settings(docker_seccomp_profile=bad)
+    with pytest.raises(pydantic.ValidationError, match="seccomp profile"):
+        Settings(docker_seccomp_profile=tmp_path / "missing.json")
+    from gateway.launchers.docker import SECCOMP_PROFILE
+
+    assert Settings(docker_seccomp_profile=SECCOMP_PROFILE).docker_seccomp_profile

@@ -15,6 +15,7 @@ from exec_gateway_client.errors import (
     NotFound,
     PayloadTooLarge,
     QueueFull,
+    QueueTimeout,
     RequestTimeout,
     ServiceUnavailable,
     SessionExists,
@@ -33,7 +34,8 @@ __version__ = "0.1.0"
 __all__ = [
     "APIError", "AsyncGateway", "AsyncSession", "BadRequest", "CapacityExceeded", "CellError",
     "ConnectionLost", "ErrorInfo", "FileInfo", "Gateway", "GatewayError", "KernelStartFailed",
-    "KeySessionLimit", "NotFound", "Output", "PayloadTooLarge", "QueueFull", "RequestTimeout",
+    "KeySessionLimit", "NotFound", "Output", "PayloadTooLarge", "QueueFull", "QueueTimeout",
+    "RequestTimeout",
     "Result", "ServiceUnavailable", "Session", "SessionExists", "SessionInfo",
     "SessionNotFound", "ShuttingDown", "TooManyRequests", "TransportError", "Unauthorized",
     "ValidationFailed",

@@ -144,6 +144,12 @@ class QueueFull(TooManyRequests):
     code = "queue_full"
 
 
+class QueueTimeout(TooManyRequests):
+    """The call waited longer than the server's ``max_queue_wait_s`` for its turn (never ran)."""
+
+    code = "queue_timeout"
+
+
 class KeySessionLimit(TooManyRequests):
     code = "key_session_limit"
 

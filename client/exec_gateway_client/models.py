@@ -22,8 +22,7 @@ IMAGE_TYPES = ("image/png", "image/jpeg")
 
 # Fields the client reads that the server does not send yet, by model (see the module doc).
 PENDING_FIELDS: dict[str, set[str]] = {
-    "ExecuteResult": {"files_changed", "files_changed_truncated", "result", "tests", "cpu_ms",
-                      "memory_peak_mb"},
+    "ExecuteResult": {"files_changed", "files_changed_truncated"},
 }
 
 
@@ -164,6 +163,7 @@ class Health(Answer):
     default_limits: Limits
     max_limits: Limits
     checks: dict[str, str] = {}
+    capabilities: dict[str, Any] = {}  # kernel_libraries (name -> version), ...
 
 
 class PackageJob(Answer):

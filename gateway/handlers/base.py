@@ -89,6 +89,7 @@ class GatewayHandler(web.RequestHandler):
             self.owner = self.services.auth.authenticate(
                 self.request.headers.get("Authorization"),
                 self.get_query_argument("token", None),
+                self.request.headers.get("X-API-Key"),
             )
 
     async def serve_or_forward(
@@ -117,6 +118,12 @@ class GatewayHandler(web.RequestHandler):
                     except errors.OwnerDown:
                         manager.mark_down(url)  # then ask the registry again
 
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler serves (for a 405's ``Allow``): those it defines."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower(), None) is not getattr(web.RequestHandler,
+                                                                       m.lower(), None)]
+
     def origin_allowed(self, origin: str) -> bool:
         return origin in self.services.settings.allowed_origins
 
@@ -135,6 +142,7 @@ class GatewayHandler(web.RequestHandler):
             status, code, message, details = 500, "internal_error", "internal error", None
         if status == 405:
             message = f"method {self.request.method} is not allowed here"
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         if not getattr(self, "_prepared", True):
@@ -160,11 +168,19 @@ class GatewayHandler(web.RequestHandler):
 class ApiHandler(GatewayHandler):
     """A JSON endpoint: bounded request body, parsing, CORS for allowed origins."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for verb in _VERBS:  # every endpoint answers a refused body before doing anything
+            method = cls.__dict__.get(verb)
+            if method is not None:
+                setattr(cls, verb, _refusal_first(method))
+
     def initialize(self, services: Services) -> None:
         super().initialize(services)
         self._chunks: list[bytes] = []
         self._received = 0
         self._prepared = False  # until prepare() passes, an error answer ends the connection
+        self._refusal: errors.GatewayError | None = None  # answered once the body is read
         self._cors()
 
     def set_default_headers(self) -> None:
@@ -176,12 +192,13 @@ class ApiHandler(GatewayHandler):
         origin = self.request.headers.get("Origin")
         if origin and self.origin_allowed(origin):
             self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+            self.set_header("Access-Control-Allow-Headers",
+                            "Authorization, X-API-Key, Content-Type")
             self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
             self.set_header("Access-Control-Max-Age", "600")
             self.add_header("Vary", "Origin")
 
-    async def options(self, *args: str) -> None:
+    async def options(self, *args: str, **kwargs: str) -> None:
         """CORS preflight: headers come from set_default_headers."""
         self.set_status(204)
         self.finish()
@@ -190,17 +207,23 @@ class ApiHandler(GatewayHandler):
         if self.request.method != "OPTIONS":
             self.authenticate()
         limit = self.services.settings.max_request_bytes
+        ceiling = 4 * limit  # bodies up to this are read (past the limit, discarded)
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+            too_large = errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+            if int(length) > ceiling:
+                raise too_large  # answered now, and the connection closed
+            # Answered once the body is in: closing on a client still sending makes its
+            # kernel see a reset (RST) before it reads the 413 (lingering close, bounded).
+            self._refusal = too_large
         if self.request.connection is not None:
-            # beyond 4x our limit tornado itself cuts the connection; up to it we answer in JSON
-            self.request.connection.set_max_body_size(4 * limit)  # type: ignore[attr-defined]
+            # beyond the ceiling tornado itself cuts the connection; up to it we answer in JSON
+            self.request.connection.set_max_body_size(ceiling)  # type: ignore[attr-defined]
         self._prepared = True
 
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
-        if self._received <= self.services.settings.max_request_bytes:
+        if self._refusal is None and self._received <= self.services.settings.max_request_bytes:
             self._chunks.append(chunk)
 
     def body(self, model: type[M], *, empty_ok: bool = False) -> M:
@@ -220,8 +243,9 @@ class ApiHandler(GatewayHandler):
         """Replay this request on the replica at ``base_url`` and relay its answer."""
         settings = self.services.settings
         headers = {FORWARDED_HEADER: settings.instance_id, "Content-Type": "application/json"}
-        if "Authorization" in self.request.headers:
-            headers["Authorization"] = self.request.headers["Authorization"]
+        for name in ("Authorization", "X-API-Key"):
+            if name in self.request.headers:
+                headers[name] = self.request.headers[name]
         body = b"".join(self._chunks) if self.request.method == "POST" else None
         try:
             response = await httpclient.AsyncHTTPClient().fetch(
@@ -256,6 +280,20 @@ class ApiHandler(GatewayHandler):
 
 Method = Callable[..., Awaitable[None]]
 SessionMethod = Callable[..., Awaitable[None]]  # (handler, session, **other path args)
+
+_VERBS = ("get", "post", "put", "patch", "delete")
+
+
+def _refusal_first(method: Method) -> Method:
+    """Raise the refusal ``prepare`` deferred until the body was read, instead of ``method``."""
+
+    @functools.wraps(method)
+    async def wrapper(self: ApiHandler, *args: Any, **kwargs: Any) -> None:
+        if self._refusal is not None:
+            raise self._refusal
+        await method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def forward_timeout_s(settings: Settings) -> float:

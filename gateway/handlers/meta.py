@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
 from gateway import __version__, errors
-from gateway.handlers.base import ApiHandler
-from gateway.models import Health
+from gateway.handlers.base import ApiHandler, Services
+from gateway.models import Capabilities, Health
 from gateway.openapi import build_openapi
 
 
@@ -30,6 +31,9 @@ class HealthHandler(ApiHandler):
             default_limits=s.settings.default_limits,
             max_limits=s.settings.max_limits,
             checks=checks or {},
+            capabilities=Capabilities(kernel_libraries=s.manager.libraries.known,
+                                      kernel_blocked_modules=s.settings.kernel_blocked_modules,
+                                      max_tests=s.settings.max_tests),
         )
 
     async def get(self) -> None:
@@ -59,13 +63,20 @@ class MetricsHandler(ApiHandler):
 
 
 class OpenAPIHandler(ApiHandler):
+    """The document, built once per app from its settings (see ``openapi_document``)."""
+
     auth_required = False
-    _document: bytes | None = None
+
+    def initialize(self, services: Services, document: bytes) -> None:  # type: ignore[override]
+        super().initialize(services)
+        self.document = document
 
     async def get(self) -> None:
-        if OpenAPIHandler._document is None:
-            OpenAPIHandler._document = json.dumps(build_openapi()).encode()
-        self.finish(OpenAPIHandler._document)
+        self.finish(self.document)
+
+
+def openapi_document(services: Services) -> bytes:
+    return json.dumps(build_openapi(services.settings)).encode()
 
 
 # HTML output of cells is shown in sandboxed iframes; nothing else may load from elsewhere.
@@ -78,6 +89,27 @@ class PageHandler(web.RequestHandler):
 
     async def get(self) -> None:
         page = Path(self.settings["static_path"]) / "index.html"
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(page.read_bytes())
+
+
+def swagger_ui_dir() -> Path:
+    """Swagger UI's static files, as the swagger-ui-py package ships them (found without
+    importing the package, which would pull in its web-framework glue)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+class DocsHandler(web.RequestHandler):
+    """GET /docs: Swagger UI on /v1/openapi.json (static/docs.html), under the page's CSP; it
+    asks for the token itself (or takes it from the URL fragment), so no auth here."""
+
+    async def get(self) -> None:
+        page = Path(self.settings["static_path"]) / "docs.html"
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Content-Security-Policy", PAGE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")

@@ -70,8 +70,9 @@ class Relay:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise errors.BadRequest("this endpoint speaks WebSocket only (Upgrade: websocket)")
         headers = {FORWARDED_HEADER: self._settings.instance_id}
-        if "Authorization" in request.headers:
-            headers["Authorization"] = request.headers["Authorization"]
+        for name in ("Authorization", "X-API-Key"):
+            if name in request.headers:
+                headers[name] = request.headers[name]
         offered = request.headers.get("Sec-WebSocket-Protocol")
         upstream = httpclient.HTTPRequest(
             base_url.replace("http", "ws", 1) + request.uri, headers=headers,

@@ -36,7 +36,12 @@ class ExecuteHandler(ApiHandler):
         manager.cells.check(req)  # a bad request never starts a session
 
         async def run(session: Session) -> None:
-            self.send(await manager.cells.execute(session, req))
+            if req.wait:
+                self.send(await manager.cells.execute(session, req))
+                return
+            accepted = await manager.runs.submit(session, req)
+            self.set_header("Location", accepted.status_url)
+            self.send(accepted, 202)
 
         await self.serve_or_forward(session_id, run, self.forward, open_if_absent=True)
 

@@ -15,8 +15,20 @@ from pydantic import BaseModel
 from gateway.kernel import ConnectionInfo
 
 if TYPE_CHECKING:
+    from gateway.launchers.meters import Usage
     from gateway.models import Limits
     from gateway.settings import Settings
+
+
+BLOCKED_MODULES_ENV = "EXEC_GATEWAY_BLOCKED_MODULES"  # read by kernel_boot.py
+
+
+def policy_env(settings: Settings) -> dict[str, str]:
+    """What every kernel's environment carries for the operator's module policy (set last:
+    neither ``kernel_env`` nor a client may change it)."""
+    if not settings.kernel_blocked_modules:
+        return {}
+    return {BLOCKED_MODULES_ENV: ",".join(settings.kernel_blocked_modules)}
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,16 @@ class ExitInfo(BaseModel):
         return f"exited with code {self.exit_code}"
 
 
+class Meter(Protocol):
+    """A sandbox's CPU time and peak memory over one call (see ``launchers.meters``)."""
+
+    def start(self) -> None:
+        """Mark the start of a call (and reset the peak where the system allows it)."""
+
+    def stop(self) -> Usage:
+        """The figures since ``start()``; None where they cannot be read."""
+
+
 class Launcher(Protocol):
     name: str
     kernels_outlive_gateway: bool  # kernels keep running when the gateway process stops
@@ -83,6 +105,13 @@ class Launcher(Protocol):
 
     async def terminate(self, handle: KernelHandle, grace_s: float) -> None:
         """Stop the kernel (SIGTERM, ``grace_s``, SIGKILL) and remove its sandbox. Idempotent."""
+
+    async def meter(self, handle: KernelHandle) -> Meter | None:
+        """A meter of the kernel's sandbox, or None if its figures cannot be read here."""
+
+    async def libraries(self, script: str) -> dict[str, str]:
+        """Run ``script`` (Python printing one JSON object of name → version) with the kernels'
+        interpreter and return what it printed. Raises LauncherUnavailable."""
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
         """Of ``handles`` (every handle the registry holds), those whose kernels still run;

@@ -8,6 +8,15 @@ directory, mounted at ``/kernel``, and its workspace, at ``/work``. Deaths are l
 ONE engine event stream (``die``/``oom``) read by a background thread, then the container is
 inspected for why.
 
+Seccomp: every container gets ``seccomp.json`` (next to this module), or the profile
+``docker_seccomp_profile`` names. The bundled one is Docker's default profile (moby/profiles
+seccomp v0.2.3, ``default.json`` as vendored in moby/moby b985e2313a) with these names taken
+out of every rule and nothing else changed: ptrace, process_vm_readv, process_vm_writev, kcmp,
+pidfd_getfd, process_madvise (reading or steering another process: the container's init, a
+sibling), personality (turning ASLR off), bpf, perf_event_open. io_uring_*, userfaultfd,
+keyctl, add_key and request_key are not in that default at all (Docker 20.10's allowed
+io_uring): they fail with EPERM like every call no rule allows.
+
 Socket permissions: the socket directory belongs to the gateway's uid and to a group the
 kernel runs with (the gateway's own gid, or ``docker_kernel_gid`` when the gateway is root),
 setgid, mode 2770; the kernel's ``umask 007`` makes its sockets group read/write. Once the
@@ -43,7 +52,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +63,8 @@ from docker.types import LogConfig, Mount, Ulimit
 
 from gateway.errors import GatewayError, KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec
+from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, policy_env
+from gateway.launchers.meters import CgroupFiles, CgroupMeter, cgroup_files
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,9 +81,21 @@ _SOCKET_NAMES = tuple(f"k-{n}" for n in range(1, 6))
 _DIR_OPEN = 0o2770  # setgid: the kernel's sockets join the directory's group
 _DIR_LOCKED = 0o2750  # after start-up: the kernel may connect, not create
 _LOG_MAX = "1m"  # the container's stdout/stderr log on the host; a kernel may print a lot
+SECCOMP_PROFILE = Path(__file__).with_name("seccomp.json")
 
 # Errors that mean "the engine cannot be reached", as opposed to "it refused this request".
 _UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+ENGINE_ERRORS = (docker.errors.DockerException, *_UNREACHABLE)  # what an engine call raises
+
+
+@contextlib.contextmanager
+def engine_errors(doing: str) -> Iterator[None]:
+    """Engine errors as the one domain error callers handle, ``doing: <the error>`` (httpx's
+    ``map_httpcore_exceptions``); the engine's own exception stays the ``__cause__``."""
+    try:
+        yield
+    except ENGINE_ERRORS as exc:
+        raise LauncherUnavailable(f"{doing}: {exc}") from exc
 
 
 def _exit_info(exit_code: int | None, oom_killed: bool) -> ExitInfo:
@@ -100,11 +122,16 @@ class DockerLauncher:
             self.workspace_owner = None
             self.workspace_mode = 0o2770
         self._runtime_dir = settings.runtime_dir
+        # the engine takes the profile itself, not a path (compact: it is in every container's
+        # HostConfig); settings checked the file is a JSON profile
+        profile = json.loads((settings.docker_seccomp_profile or SECCOMP_PROFILE).read_text())
+        self._seccomp = "seccomp=" + json.dumps(profile, separators=(",", ":"))
         self._client: docker.DockerClient | None = None
         self._start_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exits: dict[str, asyncio.Future[ExitInfo]] = {}  # container id → its exit
         self._oom_seen: set[str] = set()
+        self._cgroups: dict[str, CgroupFiles] = {}  # container id → where its figures are
         self._tasks: set[asyncio.Future[None]] = set()
         self._events: Any = None  # the open docker CancellableStream
         self._events_thread: threading.Thread | None = None
@@ -120,7 +147,7 @@ class DockerLauncher:
             else:
                 client = docker.DockerClient.from_env(timeout=timeout)
             client.ping()
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+        except ENGINE_ERRORS as exc:
             raise LauncherUnavailable(f"cannot reach the Docker engine: {exc}") from exc
         return client
 
@@ -146,13 +173,13 @@ class DockerLauncher:
         client = await self._ready()
         image = self._settings.docker_image
         try:
-            await asyncio.to_thread(client.api.inspect_image, image)
-        except docker.errors.ImageNotFound as exc:
-            raise LauncherUnavailable(
-                f"image {image} not found: run `make kernel-image`"
-            ) from exc
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            raise LauncherUnavailable(f"cannot reach the Docker engine: {exc}") from exc
+            with engine_errors("cannot reach the Docker engine"):
+                await asyncio.to_thread(client.api.inspect_image, image)
+        except LauncherUnavailable as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound):
+                raise LauncherUnavailable(
+                    f"image {image} not found: run `make kernel-image`") from exc.__cause__
+            raise
         try:
             self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -174,7 +201,7 @@ class DockerLauncher:
         while not self._stopping.is_set():
             try:
                 stream = self._client.api.events(filters=filters, since=since, decode=True)
-            except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+            except ENGINE_ERRORS as exc:
                 log.warning("docker event stream unavailable, retrying: %s", exc)
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
@@ -192,7 +219,7 @@ class DockerLauncher:
                 for event in stream:
                     since = int(event.get("time", time.time()))
                     self._post(self._on_event, event)
-            except (docker.errors.DockerException, *_UNREACHABLE, OSError, ValueError) as exc:
+            except (*ENGINE_ERRORS, OSError, ValueError) as exc:
                 if not self._stopping.is_set():
                     log.warning("docker event stream broke, reconnecting: %s", exc)
             with contextlib.suppress(Exception):
@@ -242,7 +269,7 @@ class DockerLauncher:
         assert self._client is not None
         try:
             attrs = await asyncio.to_thread(self._client.api.inspect_container, container_id)
-        except (docker.errors.DockerException, *_UNREACHABLE):
+        except ENGINE_ERRORS:
             return None
         state: dict[str, Any] = attrs.get("State") or {}
         return state
@@ -303,7 +330,7 @@ class DockerLauncher:
                     *([Mount(target="/work", source=spec.workspace, type="bind")]
                       if spec.workspace else [])],
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
+            security_opt=["no-new-privileges", self._seccomp],
             pids_limit=limits.pids,
             mem_limit=f"{limits.memory_mb}m" if limits.memory_mb else None,
             memswap_limit=f"{limits.memory_mb}m" if limits.memory_mb else None,
@@ -317,6 +344,7 @@ class DockerLauncher:
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             **self._settings.kernel_env,
             **spec.env,
+            **policy_env(self._settings),
         }
         created = api.create_container(
             self._settings.docker_image,
@@ -383,7 +411,7 @@ class DockerLauncher:
         assert self._client is not None
         try:
             out = await asyncio.to_thread(self._client.api.logs, container_id, tail=lines)
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
+        except ENGINE_ERRORS as exc:
             return f"(no output: {exc})"
         return bytes(out).decode("utf-8", "replace")
 
@@ -438,15 +466,48 @@ class DockerLauncher:
                     await asyncio.to_thread(client.api.stop, container_id,
                                             timeout=math.ceil(grace_s))
             await self._remove(container_id)
-        except (docker.errors.DockerException, LauncherUnavailable, *_UNREACHABLE) as exc:
+        except (*ENGINE_ERRORS, LauncherUnavailable) as exc:
             # the container stays behind, labelled: the next start-up removes it
             log.warning("could not remove container=%s: %s", container_id[:12], exc)
         finally:
             self._exits.pop(container_id, None)
             self._oom_seen.discard(container_id)
+            self._cgroups.pop(container_id, None)
             if exited is not None and not exited.done():
                 exited.set_result(ExitInfo(signal=signal.SIGKILL))
             await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
+
+    async def libraries(self, script: str) -> dict[str, str]:
+        """``script`` run by the image's interpreter in a throwaway container (no network,
+        the kernel's uid, removed afterwards)."""
+        client = await self._ready()
+
+        def run() -> bytes:
+            out = client.containers.run(
+                self._settings.docker_image, ["-I", "-c", script],
+                entrypoint="/opt/kernel/bin/python", network_disabled=True, network_mode="none",
+                user=str(self._settings.docker_kernel_uid), remove=True, stderr=False)
+            return bytes(out)
+
+        try:
+            return dict(json.loads(await asyncio.to_thread(run)))
+        except (docker.errors.DockerException, *_UNREACHABLE, ValueError) as exc:
+            raise LauncherUnavailable(f"cannot list the image's libraries: {exc}") from exc
+
+    async def meter(self, handle: KernelHandle) -> CgroupMeter | None:
+        """The container's cgroup: found at the usual places, else through its init's pid
+        (one inspect, then cached while the container runs)."""
+        files = self._cgroups.get(handle.ref)
+        if files is None:
+            files = cgroup_files(handle.ref)
+        if files is None:
+            state = await self._state(handle.ref) if self._client is not None else None
+            pid = state.get("Pid") if state else None
+            files = cgroup_files(handle.ref, pid) if isinstance(pid, int) and pid > 0 else None
+        if files is None:
+            return None
+        self._cgroups[handle.ref] = files
+        return CgroupMeter(files)
 
     # ------------------------------------------------------------------ orphans
     async def list_ours(self) -> list[dict[str, Any]]:
@@ -454,12 +515,10 @@ class DockerLauncher:
         summaries (``Id``, ``Labels``, ``State``...), of every gateway. Raises
         LauncherUnavailable."""
         client = await self._ready()
-        try:
+        with engine_errors("cannot list containers"):
             found: list[dict[str, Any]] = await asyncio.to_thread(
                 client.api.containers, all=True, filters={"label": f"{LABEL_MANAGED}=true"}
             )
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            raise LauncherUnavailable(f"cannot list containers: {exc}") from exc
         return found
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
@@ -478,7 +537,7 @@ class DockerLauncher:
                 continue
             if labels.get(LABEL_GATEWAY) != self._settings.instance_id:
                 continue
-            with contextlib.suppress(docker.errors.DockerException, *_UNREACHABLE):
+            with contextlib.suppress(*ENGINE_ERRORS):
                 await self._remove(summary["Id"])
                 removed += 1
             socket_dir = Path(labels.get(LABEL_SOCKET_DIR, ""))
@@ -493,11 +552,12 @@ class DockerLauncher:
         LauncherUnavailable when the engine does not answer (it cannot tell)."""
         client = await self._ready()
         try:
-            attrs = await asyncio.to_thread(client.api.inspect_container, handle.ref)
-        except docker.errors.NotFound:
-            return False
-        except (docker.errors.DockerException, *_UNREACHABLE) as exc:
-            raise LauncherUnavailable(f"cannot inspect container: {exc}") from exc
+            with engine_errors("cannot inspect container"):
+                attrs = await asyncio.to_thread(client.api.inspect_container, handle.ref)
+        except LauncherUnavailable as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return False
+            raise
         running = bool((attrs.get("State") or {}).get("Running"))
         return running and await asyncio.to_thread(Path(handle.socket_dir).is_dir)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from gateway.errors import KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec
+from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, policy_env
+from gateway.launchers.meters import ProcMeter
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class LocalLauncher:
         }
         env.update(self._settings.kernel_env)
         env.update(spec.env)
+        env.update(policy_env(self._settings))
         return env
 
     def _preexec(self, spec: LaunchSpec) -> None:
@@ -208,6 +210,21 @@ class LocalLauncher:
                     continue
         self._exits.pop(handle.ref, None)
         await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
+
+    async def libraries(self, script: str) -> dict[str, str]:
+        """``script`` run by ``kernel_python`` (isolated mode, 30 s at most)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._settings.kernel_python, "-I", "-c", script, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={"PATH": os.defpath})
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            return dict(json.loads(out))
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise LauncherUnavailable(f"cannot run {self._settings.kernel_python}: {exc}"
+                                      ) from exc
+
+    async def meter(self, handle: KernelHandle) -> ProcMeter | None:
+        return ProcMeter(int(handle.ref)) if handle.ref in self._procs else None
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
         return []  # local kernels die with the gateway (parent-death signal)

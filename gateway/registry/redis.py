@@ -5,12 +5,21 @@ Records hold kernels' HMAC keys: Redis is trusted infrastructure (use a password
 prefix: ``session:<owner>:<session_id>`` → the record as JSON; ``sessions`` → a set of those
 keys, so listing never needs SCAN; ``lease:<owner>:<session_id>`` → the holder's instance id,
 expiring (PX). Leases change only through Lua scripts, so check-and-set is atomic.
+
+Owner and session id are percent-encoded (``quote(..., safe="")``), so neither ever holds the
+``:`` separator: no owner's keys start with another owner's (``alice`` vs ``alice:ci``), and a
+key parses back to exactly one (owner, session id). Names made of ``A-Za-z0-9._-`` (every
+session id, the usual key names) encode to themselves, so records written before keep their
+keys.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -39,6 +48,16 @@ return 0
 """
 
 
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
+    """Redis and socket errors as the one domain error callers handle (httpx's
+    ``map_httpcore_exceptions``): every Redis call of this module runs inside it."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise RegistryUnavailable(f"redis is not reachable: {type(exc).__name__}") from exc
+
+
 class RedisRegistry:
     name = "redis"
     shared = True
@@ -61,85 +80,80 @@ class RedisRegistry:
         self._release = self._redis.register_script(_RELEASE)
 
     def _key(self, owner: str, session_id: str) -> str:
-        return f"{self.prefix}session:{owner}:{session_id}"
+        return f"{self._owner_keys(owner)}{_encode(session_id)}"
+
+    def _owner_keys(self, owner: str) -> str:
+        """What every record key of ``owner`` starts with, and no other owner's does."""
+        return f"{self.prefix}session:{_encode(owner)}:"
 
     def _lease(self, owner: str, session_id: str) -> str:
-        return f"{self.prefix}lease:{owner}:{session_id}"
+        return f"{self.prefix}lease:{_encode(owner)}:{_encode(session_id)}"
 
     @property
     def _index(self) -> str:
         return f"{self.prefix}sessions"
 
     async def ping(self) -> None:
-        try:
+        with translated_errors():
             await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"redis is not reachable: {type(exc).__name__}") from exc
 
     async def get(self, owner: str, session_id: str) -> SessionRecord | None:
-        try:
+        with translated_errors():
             raw = await self._redis.get(self._key(owner, session_id))
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
         return SessionRecord.model_validate_json(raw) if raw is not None else None
 
     async def put(self, record: SessionRecord) -> None:
         key = self._key(record.owner, record.session_id)
-        try:
+        with translated_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(key, record.model_dump_json())
                 pipe.sadd(self._index, key)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
 
     async def delete(self, owner: str, session_id: str) -> None:
         key = self._key(owner, session_id)
-        try:
+        with translated_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.srem(self._index, key)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
 
     async def list(self, owner: str | None = None) -> list[SessionRecord]:
-        try:
+        with translated_errors():
             members = await self._redis.smembers(self._index)
             keys = sorted(k.decode() if isinstance(k, bytes) else k for k in members)
             if owner is not None:
-                keys = [k for k in keys if k.startswith(f"{self.prefix}session:{owner}:")]
+                mine = self._owner_keys(owner)
+                keys = [k for k in keys if k.startswith(mine) and ":" not in k[len(mine):]]
             values = await self._redis.mget(keys) if keys else []
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
-        return [SessionRecord.model_validate_json(v) for v in values if v is not None]
+        records = [SessionRecord.model_validate_json(v) for v in values if v is not None]
+        return [r for r in records if owner in (None, r.owner)]
 
     async def claim(
         self, keys: builtins.list[SessionKey], holder: str, ttl_s: float
     ) -> builtins.list[bool]:
         if not keys:
             return []
-        try:
+        with translated_errors():
             granted = await self._claim(keys=[self._lease(*k) for k in keys],
                                         args=[holder, max(1, round(ttl_s * 1000))])
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
         return [bool(g) for g in granted]
 
     async def lookup(self, owner: str, session_id: str) -> tuple[SessionRecord | None, str | None]:
-        try:
+        with translated_errors():
             raw, lease = await self._redis.mget(self._key(owner, session_id),
                                                 self._lease(owner, session_id))
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
         record = SessionRecord.model_validate_json(raw) if raw is not None else None
         return record, lease.decode() if isinstance(lease, bytes) else lease
 
     async def release(self, owner: str, session_id: str, holder: str) -> None:
-        try:
+        with translated_errors():
             await self._release(keys=[self._lease(owner, session_id)], args=[holder])
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable("redis is not reachable") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _encode(component: str) -> str:
+    """A key component that never holds ':' (percent-encoding: ``%`` itself is encoded too)."""
+    return quote(component, safe="")

@@ -9,15 +9,18 @@ watcher of every kind.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from gateway import errors
+from gateway import entrypoint, errors
 from gateway.errors import KernelDied
 from gateway.events import event_from_iopub
 from gateway.kernel import KernelConnection, Message, Route
 from gateway.launchers import ExitInfo
+from gateway.launchers.meters import Usage
 from gateway.metrics import Metrics
 from gateway.models import ErrorInfo, ExecuteResult, ExecuteStatus, SessionState
 from gateway.output import OutputCollector
@@ -27,16 +30,19 @@ from gateway.sessions.ladder import Replace, TimeoutLadder
 from gateway.sessions.session import Session
 from gateway.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Cell:
     request_id: str
     code: str = ""
     timeout_s: float | None = None  # None: no gateway deadline (Jupyter semantics)
-    stdin: list[str] | None = None  # answers for input(); None asks the watchers (interactive)
+    stdin: list[str] | None = None  # answers for input(), consumed; None: see interactive
     interactive: bool = False
     message: Message | None = None  # a Jupyter client's own execute_request ...
     reply_to: Route | None = None  # ... and where its shell and stdin replies go
+    entrypoint: str | None = None  # after the code, call this function; its value → result
     queued_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -68,11 +74,15 @@ class CellRunner:
             self._reply_aborted(conn, cell)
             return None
         since_ns = await self._files.before_cell(session)
-        collector = OutputCollector(self._settings.max_output_bytes)
+        collector = OutputCollector(self._settings.max_output_bytes,
+                                    self._settings.max_outputs_per_cell)
         status: ExecuteStatus | None = None
         reply: Message | None = None
         session.set_state(SessionState.busy)
         session.touch()
+        meter = await session.slot.meter()
+        if meter is not None:
+            meter.start()
         try:
             reply, timed_out = await self._ladder.run(
                 session, lambda: self._send(session, conn, cell, collector), cell.timeout_s)
@@ -89,25 +99,35 @@ class CellRunner:
             preserved = False
             collector.error = collector.error or death_error(info)
         finally:
+            usage = meter.stop() if meter is not None else Usage()
             session.touch()
             session.pending_input.pop(cell.request_id, None)
             if session.state == SessionState.busy:
                 session.set_state(SessionState.idle)
         if status is None:
             status = _status_of(session, reply, collector)
+        status, value = _entrypoint_outcome(cell, status, collector)
         self._count_reply(session, conn, cell, reply, status)
         changed, changed_truncated = await self._files.after_cell(session, since_ns,
                                                                   collector.error)
-        result = ExecuteResult(
-            session_id=session.id, execution_count=session.execution_count,
-            generation=session.generation, status=status, state_preserved=preserved,
-            stdout=collector.stdout_text, stderr=collector.stderr_text,
-            outputs=collector.outputs, error=collector.error, truncated=collector.truncated,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            files_changed=changed, files_changed_truncated=changed_truncated,
-        )
-        session.events.publish({"type": "result", "id": cell.request_id,
-                                "result": result.model_dump(mode="json")})
+        common: dict[str, Any] = {
+            "session_id": session.id, "execution_count": session.execution_count,
+            "generation": session.generation, "state_preserved": preserved,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "cpu_ms": usage.cpu_ms, "memory_peak_mb": _peak_mb(session, status, usage),
+            "files_changed": changed, "files_changed_truncated": changed_truncated}
+        try:
+            result = ExecuteResult(
+                status=status, stdout=collector.stdout_text, stderr=collector.stderr_text,
+                outputs=collector.outputs, error=collector.error, truncated=collector.truncated,
+                result=value, **common)
+            dumped = result.model_dump(mode="json")
+        except ValueError:  # never expected (output is sanitised); the result must still go out
+            log.exception("cell result could not be encoded session_id=%s", session.id)
+            result = ExecuteResult(status=ExecuteStatus.error, truncated=True, error=ErrorInfo(
+                ename="OutputError", evalue="the cell's output could not be encoded"), **common)
+            dumped = result.model_dump(mode="json")
+        session.events.publish({"type": "result", "id": cell.request_id, "result": dumped})
         self._metrics.executes.labels(result.status.value).inc()
         self._metrics.execute_seconds.observe(result.duration_ms / 1000)
         return result
@@ -118,13 +138,17 @@ class CellRunner:
         if cell.message is not None:
             return await conn.request("shell", cell.message, on_message=route, wait_idle=True)
         interactive = cell.stdin is not None or cell.interactive
-        return await conn.execute(cell.code, allow_stdin=interactive, on_message=route)
+        reply = await conn.execute(cell.code, allow_stdin=interactive, on_message=route)
+        if cell.entrypoint is None or reply["content"].get("status") != "ok":
+            return reply
+        return await conn.execute(entrypoint.call_code(cell.entrypoint), allow_stdin=interactive,
+                                  on_message=route, store_history=False)
 
     def _router(self, session: Session, conn: KernelConnection, cell: Cell,
                 collector: OutputCollector) -> Route:
         """Where the cell's iopub and stdin messages go: the result, the /v1 watchers, and
         for input() the cell's stdin, its Jupyter client, or the /v1 watchers."""
-        stdin = list(cell.stdin) if cell.stdin is not None else None
+        stdin = cell.stdin  # consumed in place: the cells of one run may share one list
         publish, rid = session.events.publish, cell.request_id
         max_event_bytes = self._settings.max_output_bytes
 
@@ -197,11 +221,40 @@ def _status_of(session: Session, reply: Message | None,
     return ExecuteStatus.error
 
 
+def _entrypoint_outcome(cell: Cell, status: ExecuteStatus, collector: OutputCollector
+                        ) -> tuple[ExecuteStatus, Any]:
+    """(status, main()'s value) of a cell with an entrypoint. Raises EntrypointMissing."""
+    if cell.entrypoint is None:
+        return status, None
+    returned = entrypoint.take_value(collector)
+    if status != ExecuteStatus.ok:
+        entrypoint.tidy_traceback(collector)
+        return status, None
+    if returned.missing:
+        raise errors.EntrypointMissing(
+            f"entrypoint {cell.entrypoint!r}: the code defines no function {cell.entrypoint}()")
+    if not returned.found:
+        collector.error = ErrorInfo(
+            ename="ResultTooLarge", evalue=f"{cell.entrypoint}()'s value does not fit in "
+            "what is left of max_output_bytes", traceback=[])
+        return ExecuteStatus.error, None
+    return status, returned.value
+
+
+def _peak_mb(session: Session, status: ExecuteStatus, usage: Usage) -> float | None:
+    """The measured peak; a sandbox killed for memory (its figures gone with it) was at its
+    limit."""
+    if usage.memory_peak_mb is None and status == ExecuteStatus.memory_exceeded:
+        info = session.slot.exit_info
+        if info is not None and info.oom_killed and session.limits.memory_mb:
+            return float(session.limits.memory_mb)
+    return usage.memory_peak_mb
+
+
+STATE_LOST = "; variables were lost, the next call starts a fresh interpreter"
+
+
 def death_error(info: ExitInfo | None) -> ErrorInfo:
     reason = info.reason if info else "the kernel went away"
     name = "MemoryLimitExceeded" if info and info.oom_killed else "KernelDied"
-    return ErrorInfo(
-        ename=name,
-        evalue=f"{reason}; variables were lost, the next call starts a fresh interpreter",
-        traceback=[],
-    )
+    return ErrorInfo(ename=name, evalue=f"{reason}{STATE_LOST}", traceback=[])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from gateway import errors, policy
@@ -41,23 +41,27 @@ class Cells:
         return policy.execute_timeout(self._settings, req)
 
     async def execute(self, session: Session, req: ExecuteRequest, *,
-                      request_id: str | None = None, interactive: bool = False
-                      ) -> ExecuteResult:
+                      request_id: str | None = None, interactive: bool = False,
+                      on_start: Callable[[], None] | None = None) -> ExecuteResult:
         """Run one cell in its FIFO turn; its timeout counts from its own start. Every event
         goes to the session's watchers tagged ``request_id``; ``interactive`` runs ask them
-        for input() instead of failing it. Raises QueueFull, QueueTimeout, SessionNotFound,
-        ShuttingDown, KernelStartFailed."""
+        for input() instead of failing it; ``on_start`` is called when its turn comes.
+        Raises QueueFull, QueueTimeout, SessionNotFound, ShuttingDown, KernelStartFailed,
+        EntrypointMissing."""
         cell = Cell(request_id=request_id or f"rest-{secrets.token_hex(6)}", code=req.code,
-                    timeout_s=self.check(req), stdin=req.stdin, interactive=interactive)
-        result = await self._run(session, cell, bounded=True)
+                    timeout_s=self.check(req),
+                    stdin=list(req.stdin) if req.stdin is not None else None,
+                    interactive=interactive, entrypoint=req.entrypoint)
+        result = await self._run(session, cell, bounded=True, on_start=on_start)
         assert result is not None  # only Jupyter cells are ever aborted
         return result
 
-    def spawn_execute(self, session: Session, req: ExecuteRequest, request_id: str
+    def spawn_execute(self, session: Session, req: ExecuteRequest, request_id: str, *,
+                      interactive: bool = True, on_start: Callable[[], None] | None = None
                       ) -> asyncio.Task[ExecuteResult]:
-        """An interactive run that outlives the client that asked for it (detachable)."""
+        """A run that outlives the client that asked for it (detachable)."""
         return self._detach(self.execute(session, req, request_id=request_id,
-                                         interactive=True))
+                                         interactive=interactive, on_start=on_start))
 
     def submit_jupyter(self, session: Session, msg: Message, reply_to: Route
                        ) -> asyncio.Task[ExecuteResult | None]:
@@ -74,15 +78,19 @@ class Cells:
         task.add_done_callback(self._detached.discard)
         return task
 
-    async def _run(self, session: Session, cell: Cell, *, bounded: bool) -> ExecuteResult | None:
+    async def _run(self, session: Session, cell: Cell, *, bounded: bool,
+                   on_start: Callable[[], None] | None = None) -> ExecuteResult | None:
         _check_open(session)
         turn = session.queue.turn(
             max_waiting=self._settings.max_queue_per_session if bounded else None,
-            max_wait_s=self._settings.max_queue_wait_s if bounded else None)
+            max_wait_s=self._settings.max_queue_wait_s if bounded else None,
+            name=cell.request_id)
         async with turn:
             if self._lifecycle.closing:  # no new cell starts now: the next process serves it
                 raise errors.ShuttingDown("the gateway is shutting down; retry the call")
             _check_open(session)
+            if on_start is not None:
+                on_start()
             return await self._runner.run(session, cell)
 
     async def restart(self, session: Session) -> SessionInfo:

@@ -18,7 +18,7 @@ import zmq.asyncio
 
 from gateway.errors import KernelDied, KernelTimeout
 from gateway.kernel import KernelConnection, Message
-from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec
+from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec, Meter
 from gateway.metrics import Metrics
 from gateway.pool import KernelPool, StartedKernel, boot_kernel
 from gateway.settings import Settings
@@ -135,6 +135,9 @@ class KernelSlot:
     def _hold(self, handle: KernelHandle, conn: KernelConnection,
               exited: asyncio.Future[ExitInfo]) -> None:
         conn.iopub_tap = self._tap
+        conn.max_message_bytes = self._kernels.settings.max_kernel_message_bytes
+        conn.on_reject = lambda reason: self._kernels.metrics.kernel_messages_rejected.labels(
+            reason).inc()
         self.handle, self._conn, self.exit_info = handle, conn, None
         self._watcher = asyncio.create_task(self._watch(conn, exited))
 
@@ -171,6 +174,12 @@ class KernelSlot:
         self.let_go()
         if handle is not None:
             await self._kernels.launcher.terminate(handle, grace_s)
+
+    async def meter(self) -> Meter | None:
+        """A meter of the current kernel's sandbox (CPU time, peak memory), if readable."""
+        if self.handle is None or not self.live:
+            return None
+        return await self._kernels.launcher.meter(self.handle)
 
     async def interrupt(self) -> None:
         """Interrupt the running cell over the control channel (best effort)."""

@@ -17,6 +17,7 @@ import uuid
 import zmq.asyncio
 
 from gateway import errors, policy
+from gateway.capabilities import KernelLibraries
 from gateway.launchers import Launcher
 from gateway.metrics import Metrics
 from gateway.models import CreateSession, SessionInfo
@@ -28,8 +29,10 @@ from gateway.sessions.handoff import Handoff
 from gateway.sessions.kernel_slot import Kernels
 from gateway.sessions.leases import Leases
 from gateway.sessions.lifecycle import Lifecycle
+from gateway.sessions.oneshot import OneShots
 from gateway.sessions.placement import Here, Placement, There, Vacant
 from gateway.sessions.records import Records
+from gateway.sessions.runs import Runs
 from gateway.sessions.session import Session
 from gateway.sessions.table import SessionTable
 from gateway.sessions.upkeep import Upkeep
@@ -50,7 +53,7 @@ class SessionManager:
         self._zmq = zmq.asyncio.Context()
         self.volumes = Volumes(settings, launcher.workspace_owner, launcher.workspace_mode)
         self.pool = KernelPool(settings, launcher, self._zmq, metrics,
-                               room=lambda: settings.max_sessions - len(self.table),
+                               room=lambda: settings.max_sessions - self.table.occupied,
                                volumes=self.volumes)
         kernels = Kernels(settings, launcher, self.pool, self._zmq, metrics, self.volumes)
         records = Records(settings, registry)
@@ -65,7 +68,11 @@ class SessionManager:
                               self._placement, self._handoff, records, self._lifecycle)
         self.files = SessionFiles(settings, metrics, self.volumes, launcher.workspace_owner)
         self.cells = Cells(settings, metrics, self._lifecycle, self._placement, self.files)
+        self.runs = Runs(settings, self.cells)  # background cells (execute, wait: false)
+        self.oneshots = OneShots(settings, metrics, self._lifecycle, self.table, kernels,
+                                 self.files)
         self._loops: list[asyncio.Task[None]] = []  # the reaper and the lease renewer
+        self.libraries = KernelLibraries(launcher)  # for /healthz
 
     @property
     def keep_kernels(self) -> bool:
@@ -87,12 +94,15 @@ class SessionManager:
         self.metrics.sessions.set(len(self.table))
         self._loops.append(asyncio.create_task(self._upkeep.reap_forever()))
         self.pool.refill()
+        self.libraries.learn()
 
     async def close(self) -> None:
         """Stop the loops and, unless they are kept for the next process, every kernel."""
         self._lifecycle.closing = True
         for task in self._loops:
             task.cancel()
+        await self.oneshots.close()
+        await self.libraries.close()
         await self.pool.close()
         if self.keep_kernels:
             # calls still running get ShuttingDown (their cells run on); none restarts a kernel

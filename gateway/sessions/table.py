@@ -1,9 +1,11 @@
 """SessionTable: the sessions this gateway serves, by (owner, session id) and by kernel id,
-with the capacity checks that guard adding one."""
+with the capacity checks that guard adding one. One-shot sandboxes (POST /v1/run) are not
+sessions, but hold places here (``hold``): they count against the same capacity."""
 
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -19,6 +21,12 @@ class SessionTable:
         self._settings = settings
         self._sessions: dict[SessionKey, Session] = {}
         self._by_kernel: dict[str, SessionKey] = {}
+        self._held: collections.Counter[str] = collections.Counter()  # owner → one-shot places
+
+    @property
+    def occupied(self) -> int:
+        """Sessions plus places held for one-shot sandboxes: what max_sessions bounds."""
+        return len(self._sessions) + self._held.total()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -56,14 +64,33 @@ class SessionTable:
 
     def check_capacity(self, owner: str) -> None:
         """Raises CapacityExceeded (gateway full) or KeyCapacityExceeded (this key's share)."""
-        if len(self._sessions) >= self._settings.max_sessions:
+        if self.occupied >= self._settings.max_sessions:
             raise errors.CapacityExceeded(
                 f"the gateway is at its limit of {self._settings.max_sessions} sessions; "
                 "delete a session or try later")
-        owned = sum(1 for (o, _) in self._sessions if o == owner)
+        owned = self._owned(owner)
         if owned >= self._settings.max_sessions_per_key:
             raise errors.KeyCapacityExceeded(
                 f"this API key has {owned} sessions, its limit; delete one first")
+
+    def _owned(self, owner: str) -> int:
+        return sum(1 for (o, _) in self._sessions if o == owner) + self._held[owner]
+
+    @contextlib.contextmanager
+    def hold(self, owner: str, wanted: int) -> Iterator[int]:
+        """Up to ``wanted`` places (at least one) for ``owner``'s one-shot sandboxes while the
+        block runs; yields how many. Raises CapacityExceeded, KeyCapacityExceeded."""
+        self.check_capacity(owner)
+        free = min(self._settings.max_sessions - self.occupied,
+                   self._settings.max_sessions_per_key - self._owned(owner))
+        granted = max(1, min(wanted, free))
+        self._held[owner] += granted
+        try:
+            yield granted
+        finally:
+            self._held[owner] -= granted
+            if self._held[owner] <= 0:
+                del self._held[owner]
 
     @contextlib.asynccontextmanager
     async def reserve(self, session: Session, *, check: bool = True) -> AsyncIterator[Session]:

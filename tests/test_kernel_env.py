@@ -1,0 +1,78 @@
+"""The scientific stack by default: `make run`'s local kernels run in their own environment
+(.venv-kernel, from kernel_image/requirements.txt) with the Docker image's pinned versions,
+and /healthz lists the kernels' libraries in both launchers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI, ROOT, Gateway, docker_instance_id, wait_until
+
+KERNEL_PYTHON = ROOT / ".venv-kernel" / "bin" / "python"
+STACK = ("numpy", "pandas", "scipy", "sympy", "matplotlib", "scikit-learn")
+
+
+def pins() -> dict[str, str]:
+    text = (ROOT / "kernel_image" / "requirements.txt").read_text()
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def kernel_python() -> Path:
+    if not KERNEL_PYTHON.exists():
+        why = "the local kernels' environment is missing: run `make kernel-env`"
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    return KERNEL_PYTHON
+
+
+def libraries(gw: Gateway) -> dict[str, str]:
+    def known() -> dict[str, str]:
+        found: dict[str, str] = gw.http.get("/healthz").json()["capabilities"][
+            "kernel_libraries"]
+        return found
+    return wait_until(known, 60, 0.2)  # type: ignore[no-any-return]
+
+
+def test_the_default_local_kernel_imports_the_scientific_stack(
+    kernel_python: Path, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gw = gateway_factory(kernel_python=str(kernel_python))
+    code = ("import numpy, pandas, scipy, sympy, matplotlib, sklearn\n"
+            "df = pandas.DataFrame({'x': [1, 2, 3]})\n"
+            "from sklearn.linear_model import LinearRegression\n"
+            "m = LinearRegression().fit(df[['x']], df['x'] * 2)\n"
+            "print(pandas.__version__, sklearn.__version__, round(float(m.coef_[0]), 3))")
+    out = gw.execute("sci", code)
+    assert out["status"] == "ok", out
+    want = pins()
+    assert out["stdout"] == f"{want['pandas']} {want['scikit-learn']} 2.0\n"
+    listed = libraries(gw)
+    for name in STACK:
+        assert listed[name] == want[name], (name, listed)
+    assert "ipykernel" in listed and listed["python"].startswith("3.")
+
+
+def test_the_gateway_environment_stays_lean() -> None:
+    gateway_env = ROOT / ".venv" / "lib"
+    assert not list(gateway_env.glob("python3*/site-packages/sklearn")), \
+        "scikit-learn belongs to the kernels' environment, not the gateway's"
+
+
+@pytest.mark.docker
+def test_healthz_lists_the_kernel_image_libraries(
+    docker_client: Any, gateway_factory: Callable[..., Gateway]
+) -> None:
+    gw = gateway_factory(launcher="docker", instance_id=docker_instance_id("libs"))
+    listed = libraries(gw)
+    want = pins()
+    for name in STACK:
+        assert listed[name] == want[name], (name, listed)
+    out = gw.execute("sci", "import sklearn, pandas; print(sklearn.__version__)")
+    assert out["stdout"] == f"{want['scikit-learn']}\n"
