@@ -275,6 +275,9 @@ class _Multipart:
             self.staged.append((name, self.current))
         elif part.name == "path":
             self.field = bytearray()
+        else:
+            raise errors.ValidationFailed(f"unknown multipart field {part.name!r}: "
+                                          "expected 'file' parts and an optional 'path'")
 
     def _close_part(self) -> None:
         if self.field is not None:

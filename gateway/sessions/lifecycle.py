@@ -90,8 +90,14 @@ class Lifecycle:
                           workspace=session.workspace or "")
         pooled = not session.env and session.limits == self._settings.default_limits
         await session.slot.start(spec, pooled=pooled)
-        if session.slot.handle is not None:
-            session.workspace = session.slot.handle.workspace
+        handle = session.slot.handle
+        if session.closed:  # deleted while its kernel started: this kernel is nobody's
+            await session.slot.stop(grace_s=0)
+            if handle is not None and handle.workspace and handle.workspace != session.workspace:
+                await self._kernels.volumes.remove(handle.workspace)
+            raise errors.SessionNotFound(f"session {session.id!r} was deleted")
+        if handle is not None:
+            session.workspace = handle.workspace
         session.execution_count = 0
         session.watchers.kernel_started()
         session.set_state(SessionState.idle)
@@ -107,6 +113,8 @@ class Lifecycle:
         try:
             await self.start_kernel(session)
         except errors.GatewayError:
+            if session.closed:  # deleted meanwhile (its workspace too)
+                raise errors.SessionNotFound(f"session {session.id!r} was deleted") from None
             session.set_state(SessionState.dead)
             session.watchers.announce("dead")
             raise
