@@ -95,6 +95,7 @@ class SessionFiles:
         """Raises FileNotFound while the session has no workspace (its first kernel starts)."""
         if not session.workspace:
             raise errors.FileNotFound("the session has no workspace yet")
+        session.touch()  # a file call is activity: the idle reaper keeps the session
         return Workspace(session.workspace, self._owner)
 
     # ------------------------------------------------------------------ reading
