@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import client_sdk, oneshot, replicas, sections
+from bench import client_sdk, files, oneshot, replicas, sections
 from bench.config import BenchConfig, load
 from bench.gateway_rest import ROOT, GatewayProcess, RestTarget, start_gateway, stop_gateway
 from bench.jupyter_ws import JupyterTarget
@@ -85,7 +85,7 @@ def new_results(config: BenchConfig) -> dict[str, Any]:
         },
         "config": dataclasses.asdict(config),
         "latency": {}, "throughput": {}, "session_start": {}, "stream": {}, "memory": {},
-        "replicas": {}, "docker": {}, "oneshot": {},
+        "replicas": {}, "docker": {}, "oneshot": {}, "files": {},
         "errors": {}, "notes": [], "section_seconds": {},
     }
 
@@ -178,6 +178,15 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         await _section(results, "docker", sections.docker_section(config, results, tracker))
     else:
         results["docker"]["skipped"] = "turned off (--no-docker or BENCH_DOCKER=0)"
+    if config.files:
+        await _section(results, "files", files.files_section(config, results, tracker))
+    else:
+        results["files"]["skipped"] = "turned off (--no-files or BENCH_FILES=0)"
+
+
+async def run_files(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
+                    ) -> None:
+    await _section(results, "files", files.files_section(config, results, tracker))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docker", action="store_true", help="skip the Docker launcher")
     parser.add_argument("--no-replicas", action="store_true",
                         help="skip the two-replica (Redis registry) forwarding section")
+    parser.add_argument("--no-files", action="store_true",
+                        help="skip the files API section (throughput, files_changed cost)")
+    parser.add_argument("--only-files", action="store_true",
+                        help="run the files API section only")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the gateway with py-spy during an extra REST loop")
     args = parser.parse_args(argv)
@@ -194,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.quick, kernel_gateway=False if args.no_kg else None,
                       docker=False if args.no_docker else None,
                       replicas=False if args.no_replicas else None,
-                      profile=True if args.profile else None)
+                      profile=True if args.profile else None,
+                      files=False if args.no_files else None)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -207,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     code = 0
     try:
-        asyncio.run(run(config, tracker, results))
+        asyncio.run(run_files(config, tracker, results) if args.only_files
+                    else run(config, tracker, results))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted; stopping everything started")
         results["interrupted"] = True

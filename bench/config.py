@@ -31,6 +31,10 @@ class BenchConfig:
     docker: bool = True  # the Docker launcher section (skipped with a note without engine/image)
     docker_image: str = "exec-gateway-kernel:latest"  # the kernel image the docker gateways run
     docker_idle_sessions: int = 10  # idle sessions per launcher for the Docker memory figures
+    files: bool = True  # the files API section (throughput vs docker cp, files_changed cost)
+    file_mb: int = 100  # size of the file uploaded and downloaded
+    file_rounds: int = 3  # timed uploads/downloads per way
+    file_scan_iterations: int = 300  # executes per session for the files_changed cost
     profile: bool = False  # sample the gateway with py-spy during an extra REST loop
     profile_s: float = 10.0
     gateway_log_level: str = "INFO"  # the gateway's default; every request is logged at INFO
@@ -40,7 +44,8 @@ class BenchConfig:
 
 QUICK = BenchConfig(iterations=300, rounds=4, warmup=30, kg_iterations=100, loop_max_s=30.0,
                     throughput_s=2.0, starts=4, idle_sessions=20, idle_window_s=2.0,
-                    docker_idle_sessions=3, profile_s=5.0)
+                    docker_idle_sessions=3, profile_s=5.0, file_mb=50, file_rounds=2,
+                    file_scan_iterations=100)
 
 
 def _parse(current: object, text: str) -> object:

@@ -208,6 +208,24 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _files_rows(fr: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """The files API: REST against docker cp (same container), files_changed's cost."""
+    if not fr or "skipped" in fr:
+        return [("files API", "skipped", "", "")] if fr else []
+    rows: list[tuple[str, Any, Any, Any]] = []
+    mb = fr.get("size_mb")
+    for way in ("upload", "download"):
+        v = _get(fr, f"rest_{way}", "mb_per_s")
+        ref = _get(fr, "docker_cp", way, "mb_per_s")
+        rows.append((f"{mb} MB {way} MB/s: REST vs docker cp", v, ref, ratio(v, ref)))
+    for cell, label in (("pure", "1+1"), ("writes", "writing a file")):
+        for q in ("p50", "p90"):
+            v, ref = _get(fr, f"execute_full_{cell}", q), _get(fr, f"execute_empty_{cell}", q)
+            rows.append((f"execute {q} ms, {label}: 10000-file workspace vs empty", v, ref,
+                         ratio(v, ref)))
+    return rows
+
+
 def table(results: dict[str, Any]) -> str:
     """The human summary: each row a figure, its same-run reference, and their ratio."""
     lat, tput = results.get("latency", {}), results.get("throughput", {})
@@ -275,6 +293,7 @@ def table(results: dict[str, Any]) -> str:
     rows.extend(_replicas_rows(results.get("replicas", {}), lat))
     rows.extend(_docker_rows(results.get("docker", {})))
     rows.extend(_oneshot_rows(results.get("oneshot", {})))
+    rows.extend(_files_rows(results.get("files", {})))
     width = max(len(row[0]) for row in rows)
     lines = [f"{row[0]:<{width}}  {_fmt(row[1]):>10}  {_fmt(row[2]):>10}  {_fmt(row[3], 3):>7}"
              for row in rows]

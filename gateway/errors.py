@@ -37,6 +37,10 @@ class LimitOutOfRange(BadRequest):
     code = "limit_out_of_range"
 
 
+class InvalidPath(BadRequest):
+    code = "invalid_path"
+
+
 class EntrypointMissing(BadRequest):
     code = "entrypoint_missing"
 
@@ -51,6 +55,10 @@ class NotFound(GatewayError):
 
 class SessionNotFound(NotFound):
     code = "session_not_found"
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
 
 
 class RunNotFound(NotFound):
@@ -69,8 +77,20 @@ class SessionExists(Conflict):
     code = "session_exists"
 
 
+class NotAFile(Conflict):
+    code = "not_a_file"
+
+
+class NotADirectory(Conflict):
+    code = "not_a_directory"
+
+
 class PayloadTooLarge(GatewayError):
     status, code = 413, "payload_too_large"
+
+
+class WorkspaceFull(GatewayError):
+    status, code = 507, "workspace_full"
 
 
 class QueueFull(GatewayError):

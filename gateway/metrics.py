@@ -48,5 +48,22 @@ class Metrics:
         self.pool_misses = Counter("gateway_pool_misses", "Kernel starts the pool could not serve",
                                    registry=self.registry)
 
+        self.file_bytes = Counter(
+            "gateway_file_bytes", "Bytes through the files API", ["direction"],  # up / down
+            registry=self.registry)
+        self.workspace_bytes = Gauge(
+            "gateway_workspace_bytes", "Space a session's workspace uses (at its last cell or "
+            "file call)", ["owner", "session_id"], registry=self.registry)
+        self.quota_hits = Counter(
+            "gateway_workspace_quota_hits", "Writes refused because a workspace was full",
+            ["source"], registry=self.registry)  # upload / cell
+
+    def forget_workspace(self, owner: str, session_id: str) -> None:
+        """Drop a removed session's workspace gauge (labels must not pile up)."""
+        try:
+            self.workspace_bytes.remove(owner, session_id)
+        except KeyError:
+            pass
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

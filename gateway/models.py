@@ -74,6 +74,20 @@ class ErrorInfo(BaseModel):
     traceback: list[str] = []
 
 
+class FileInfo(BaseModel):
+    """A file or directory of a session's workspace; ``path`` is relative to it."""
+
+    path: str
+    type: Literal["file", "directory"]
+    size: int | None = Field(description="bytes (null for a directory)")
+    modified_at: datetime
+
+
+class FileList(BaseModel):
+    files: list[FileInfo]
+    truncated: bool = Field(False, description="more entries exist than were listed")
+
+
 class ExecuteResult(BaseModel):
     """The whole answer to one cell, with the state contract spelled out."""
 
@@ -88,6 +102,9 @@ class ExecuteResult(BaseModel):
     error: ErrorInfo | None = None
     truncated: bool = False
     duration_ms: float
+    files_changed: list[FileInfo] = Field(
+        [], description="workspace files the cell created or modified (the first 100 by path)")
+    files_changed_truncated: bool = Field(False, description="more files changed than listed")
     result: Any = Field(None, description="main()'s return value (entrypoint), as JSON")
     cpu_ms: float | None = Field(None, description="CPU time the sandbox used during the call")
     memory_peak_mb: float | None = Field(

@@ -17,6 +17,8 @@ from gateway.models import (
     ErrorBody,
     ExecuteRequest,
     ExecuteResult,
+    FileInfo,
+    FileList,
     Health,
     RunAccepted,
     RunInfo,
@@ -30,8 +32,17 @@ if TYPE_CHECKING:
 
 _MODELS: list[type[BaseModel]] = [
     CreateSession, ExecuteRequest, ExecuteResult, SessionInfo, SessionList, ErrorBody, Health,
+    FileInfo, FileList,
     RunRequest, RunAccepted, RunInfo,
 ]
+_FILE_ERRORS = {
+    "400": "invalid_path: absolute, '..', '.', NUL or control characters, an empty segment, "
+           "over 1024 bytes or 255 per segment",
+    "404": "session_not_found, file_not_found",
+    "409": "not_a_file (a directory, or a symlink, FIFO... the kernel made), not_a_directory",
+    "413": "payload_too_large: over max_upload_bytes",
+    "507": "workspace_full: over the session's disk_mb",
+}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, Any]:
@@ -52,6 +63,64 @@ def _op(summary: str, ok: int, model: type[BaseModel] | None, body: type[BaseMod
     if body is not None:
         op["requestBody"] = {"required": body in (ExecuteRequest, RunRequest), **_json(body)}
     return op
+
+
+# a workspace path as split_path accepts it: relative, no empty, '.' or '..' segment, no
+# control character; lengths in characters (the server counts UTF-8 bytes)
+_PATH_PATTERN = (r"^(?![\s\S]*[\x00-\x1f\x7f])(?!/)(?!(?:.*/)?\.\.?(?:/|$))(?!.*//)"
+                 r"(?!.*/$)(?!.*[^/]{{256}})[^\x00-\x1f\x7f]{{{least},1024}}$")
+
+
+def _files_paths(sid: dict[str, Any]) -> dict[str, Any]:
+    """The files API: a session's workspace (the kernel's working directory)."""
+    errors = {code: {"description": why, **_json(ErrorBody)} for code, why in _FILE_ERRORS.items()}
+    path = {"name": "path", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": _PATH_PATTERN.format(least=1)},
+            "description": "relative to the workspace, '/'-separated; at most 1024 bytes of "
+                           "UTF-8 and 255 per segment (400 invalid_path beyond)"}
+    recursive = {"name": "recursive", "in": "query", "schema": {"type": "boolean",
+                                                                "default": False}}
+    raw = {"*/*": {"schema": {"type": "string", "format": "binary"}}}  # any type of bytes
+
+    def op(operation_id: str, summary: str, ok: dict[str, Any], params: list[dict[str, Any]],
+           **extra: Any) -> dict[str, Any]:
+        return {"operationId": operation_id, "summary": summary, "parameters": [sid, *params],
+                "responses": {**ok, **errors,
+                              "default": {"description": "error", **_json(ErrorBody)}},
+                **extra}
+
+    listing = {"200": {"description": "the entries", **_json(FileList)}}
+    uploaded = {"201": {"description": "uploaded", **_json(FileList)}}
+    multipart = {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+            "file": {"type": "array", "minItems": 1,
+                     "items": {"type": "string", "format": "binary"}},
+            "path": {"type": "string"}}}}}}
+    bytes_out = {"200": {"description": "its bytes; Content-Type guessed from the name",
+                         "content": raw}}
+    put = {"200": {"description": "replaced", **_json(FileInfo)},
+           "201": {"description": "created", **_json(FileInfo)}}
+    directory = {"name": "path", "in": "query", "description": "a directory ('': the "
+                 "workspace)", "schema": {"type": "string", "default": "",
+                                          "pattern": _PATH_PATTERN.format(least=0)}}
+    return {
+        "/v1/sessions/{session_id}/files": {
+            "get": op("list_files", "List a workspace directory", listing,
+                      [directory, recursive]),
+            "post": op("upload_files", "Upload files (multipart: 'file' parts, optional 'path'"
+                       " directory); creates the session if needed", uploaded, [],
+                       requestBody=multipart),
+        },
+        "/v1/sessions/{session_id}/files/{path}": {
+            "get": op("download_file", "Download a file (streamed)", bytes_out, [path]),
+            "put": op("upload_file", "Upload a file (raw body; parents created); creates the "
+                      "session if needed", put, [path],
+                      requestBody={"required": False, "content": raw,
+                                   "description": "the file's bytes (none: an empty file)"}),
+            "delete": op("delete_file", "Delete a file, or a directory with recursive=true",
+                         {"204": {"description": "deleted"}}, [path, recursive]),
+        },
+    }
 
 
 def _named(operation_id: str, op: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +233,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "/v1/sessions/{session_id}/restart": {
                 "post": with_id(_op("Fresh interpreter, same id", 200, SessionInfo)),
             },
+            **_files_paths(sid),
             "/healthz": {"get": {**_op("Liveness and capabilities", 200, Health), "security": []}},
             "/readyz": {"get": _op("Readiness: launcher and registry reachable", 200, Health)},
             "/metrics": {"get": {

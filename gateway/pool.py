@@ -3,7 +3,9 @@
 Python's imports make a kernel's start cost ~0.5 s (more in a container); the pool pays that
 ahead of time, in the background, one kernel at a time. A pooled kernel serves exactly one
 session and is never reused after it. The pool counts against ``max_sessions`` (sessions +
-pooled kernels never exceed it) and empties itself when free memory runs low.
+pooled kernels never exceed it) and empties itself when free memory runs low. Each pooled
+kernel works in a fresh workspace of its own (default ``disk_mb``), which the session that
+takes it keeps; a discarded pooled kernel's workspace is removed with it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway.kernel import KernelConnection
 from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from gateway.volumes import Volumes
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +81,11 @@ class KernelPool:
         context: zmq.asyncio.Context,
         metrics: Metrics,
         room: Callable[[], int],
+        volumes: Volumes,
     ) -> None:
         self.settings = settings
         self.launcher = launcher
+        self.volumes = volumes
         self.context = context
         self.metrics = metrics
         self.room = room  # how many more kernels capacity allows (max_sessions - sessions)
@@ -128,11 +133,16 @@ class KernelPool:
     async def _fill(self) -> None:
         failures = 0
         while not self._closed and len(self._ready) < self.target():
-            spec = LaunchSpec(session_id="pool", kernel_id=str(uuid.uuid4()), owner="",
-                              limits=self.settings.default_limits)
             try:
-                kernel = await boot_kernel(self.launcher, spec, self.context, self.metrics,
-                                           self.settings.kernel_start_timeout_s)
+                workspace = await self.volumes.create(self.settings.default_limits.disk_mb)
+                spec = LaunchSpec(session_id="pool", kernel_id=str(uuid.uuid4()), owner="",
+                                  limits=self.settings.default_limits, workspace=workspace)
+                try:
+                    kernel = await boot_kernel(self.launcher, spec, self.context, self.metrics,
+                                               self.settings.kernel_start_timeout_s)
+                except BaseException:
+                    await self.volumes.remove(workspace)
+                    raise
             except errors.GatewayError as exc:
                 failures += 1
                 log.warning("pool: kernel start failed (%s); retrying", exc.message)
@@ -141,7 +151,12 @@ class KernelPool:
             if self._closed:
                 self._discard(kernel)
                 return
-            await self._warm(kernel)
+            try:
+                await self._warm(kernel)
+            except BaseException:  # closed while warming: this kernel is no one's
+                kernel.conn.close()
+                await self._stop(kernel)
+                raise
             self._ready.append(kernel)
             self.metrics.pool_size.set(len(self._ready))
 
@@ -157,9 +172,14 @@ class KernelPool:
 
     def _discard(self, kernel: StartedKernel) -> None:
         kernel.conn.close()
-        task = asyncio.create_task(self.launcher.terminate(kernel.handle, 0))
+        task = asyncio.create_task(self._stop(kernel))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self.metrics.pool_size.set(len(self._ready))
+
+    async def _stop(self, kernel: StartedKernel) -> None:
+        await self.launcher.terminate(kernel.handle, 0)
+        if kernel.handle.workspace:
+            await self.volumes.remove(kernel.handle.workspace)
 
     async def close(self) -> None:
         self._closed = True
@@ -171,5 +191,4 @@ class KernelPool:
         self._ready.clear()
         for kernel in kernels:
             kernel.conn.close()
-        await asyncio.gather(*(self.launcher.terminate(k.handle, 0) for k in kernels),
-                             return_exceptions=True)
+        await asyncio.gather(*(self._stop(k) for k in kernels), return_exceptions=True)

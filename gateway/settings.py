@@ -129,9 +129,18 @@ class Settings(BaseSettings):
     kernel_env: dict[str, str] = {}  # fixed environment given to every kernel
     env_allowlist: list[str] = ["LANG", "LC_ALL", "TZ", "PYTHONHASHSEED"]  # keys clients may set
 
+    # --- session workspaces (the kernel's working directory; the files API)
+    # "loop": a fixed-size ext4 image per session, loop-mounted (needs root); "none": a plain
+    # directory (disk_mb not enforced on the kernel); "auto": loop when running as root
+    workspace_quota: Literal["auto", "loop", "none"] = "auto"
+    workspace_preallocate: bool = True  # reserve each image's disk_mb on the host up front
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)  # one uploaded file → 413 beyond
+    max_list_entries: int = Field(10_000, ge=1)  # entries one listing returns (then truncated)
+    files_scan_max_entries: int = Field(100_000, ge=1)  # entries walked for files_changed
+
     # --- local launcher
     runtime_dir: Path = Field(default_factory=_default_runtime_dir)  # socket dirs (keep short)
-    state_dir: Path | None = None  # session working dirs; default <runtime_dir>/work
+    state_dir: Path | None = None  # session workspaces; default <runtime_dir>/work
     kernel_python: str = sys.executable  # interpreter with ipykernel installed
     local_network_isolation: bool = True  # own network namespace when the OS allows it
     local_memory_rlimit: bool = True  # RLIMIT_DATA = memory_mb

@@ -131,6 +131,22 @@ def start_gateway(tmp: Path, *, prefix: list[str] | None = None, **settings: Any
     return gw
 
 
+def unmount_under(path: str) -> None:
+    """Unmount whatever is still mounted under ``path``: the workspaces a gateway that was
+    killed (not stopped) left behind, before the test removes its directories."""
+    prefix = path.rstrip("/") + "/"
+    with open("/proc/self/mounts") as fh:
+        targets = [line.split()[1].encode().decode("unicode_escape") for line in fh]
+    for target in reversed(targets):
+        if target.startswith(prefix):
+            subprocess.run(["umount", "--lazy", target], capture_output=True, check=False)
+
+
+def remove_runtime_dir(gw: Gateway) -> None:
+    unmount_under(gw.env["GATEWAY_RUNTIME_DIR"])
+    shutil.rmtree(gw.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
+
+
 @pytest.fixture
 def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started: list[Gateway] = []
@@ -143,7 +159,7 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield factory
     for gw in started:
         gw.stop()
-        shutil.rmtree(gw.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
+        remove_runtime_dir(gw)
 
 
 # ------------------------------------------------------------------ docker
@@ -226,7 +242,7 @@ def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     gateway = start_gateway(tmp_path_factory.mktemp("gw"), **settings)
     yield gateway
     gateway.stop()
-    shutil.rmtree(gateway.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
+    remove_runtime_dir(gateway)
     if client is not None:
         left = containers_of(client, settings["instance_id"])
         assert not left, f"the gateway left containers behind: {[c.name for c in left]}"

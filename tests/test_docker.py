@@ -145,10 +145,12 @@ out = [os.path.exists('/var/run/docker.sock') or os.path.exists('/run/docker.soc
 """)
     docker_sock, host_paths = seen
     assert docker_sock is False
-    # /kernel is the session's socket dir; the rest are the engine's per-container files
-    assert set(host_paths) <= {"/kernel", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf",
-                               "/sbin/docker-init", "/usr/sbin/docker-init"}, host_paths
-    assert "/kernel" in host_paths
+    # /kernel is the session's socket dir, /work its workspace; the rest are the engine's
+    # per-container files
+    assert set(host_paths) <= {"/kernel", "/work", "/etc/hosts", "/etc/hostname",
+                               "/etc/resolv.conf", "/sbin/docker-init",
+                               "/usr/sbin/docker-init"}, host_paths
+    assert "/kernel" in host_paths and "/work" in host_paths
 
 
 def test_environment_holds_nothing_of_the_gateway(gw: Gateway, sid: str) -> None:
@@ -203,11 +205,14 @@ def test_container_is_created_locked_down_with_default_limits(
     assert host["Init"] is True and host["Privileged"] is False
     assert host["Memory"] == host["MemorySwap"] == 512 * MiB
     assert host["NanoCpus"] == 1_000_000_000 and host["PidsLimit"] == 128
-    assert "size=64m" in host["Tmpfs"]["/tmp"] and "size=64m" in host["Tmpfs"]["/work"]
+    assert "size=64m" in host["Tmpfs"]["/tmp"] and "/work" not in host["Tmpfs"]
     assert not host.get("Binds")
-    assert [(m["Type"], m["Destination"]) for m in c.attrs["Mounts"]] == [("bind", "/kernel")]
+    mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
+    assert {(m["Type"], d) for d, m in mounts.items()} == {("bind", "/kernel"), ("bind", "/work")}
     runtime_dir = gw.env["GATEWAY_RUNTIME_DIR"]
-    assert Path(c.attrs["Mounts"][0]["Source"]).parent == Path(runtime_dir)
+    assert Path(mounts["/kernel"]["Source"]).parent == Path(runtime_dir)
+    # the workspace: a directory of the gateway's work dir (a loop-mounted image as root)
+    assert Path(mounts["/work"]["Source"]).is_relative_to(Path(runtime_dir) / "work")
     assert c.attrs["Config"]["User"].startswith("1000:")
     labels = c.labels
     assert labels["exec-gateway.managed"] == "true"
@@ -355,7 +360,9 @@ def test_kernel_that_exits_during_start_up_gives_503_and_leaves_nothing(
         "message": "the kernel container stopped during start-up: exited with code 1",
     }
     assert containers_of(docker_client, instance_id) == []
-    assert os.listdir(gw.env["GATEWAY_RUNTIME_DIR"]) == []
+    runtime_dir = Path(gw.env["GATEWAY_RUNTIME_DIR"])
+    assert set(os.listdir(runtime_dir)) <= {"work"}  # no socket dir left ...
+    assert list((runtime_dir / "work").rglob("ws-*")) == []  # ... nor a workspace
     assert "Read-only file system" in gw.log()  # the kernel's own words, for the operator
 
 

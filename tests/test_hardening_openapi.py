@@ -45,7 +45,7 @@ def test_every_operation_conforms_to_the_openapi_document(api: Gateway) -> None:
     })
     schema = schemathesis.openapi.from_url(f"{api.url}/v1/openapi.json", config=config)
     operations = {op.ok().label for op in schema.get_all_operations()}
-    assert len(operations) == 13, operations
+    assert len(operations) == 18, operations
     failures: list[str] = []
     tested: set[str] = set()
     for event in from_schema(schema).execute():
@@ -69,7 +69,9 @@ def test_the_document_covers_every_v1_route(api: Gateway) -> None:
                           "/v1/sessions/{session_id}/execute",
                           "/v1/sessions/{session_id}/interrupt",
                           "/v1/sessions/{session_id}/restart", "/v1/sessions/{session_id}/runs/"
-                          "{run_id}", "/v1/run", "/healthz", "/readyz", "/metrics"}
+                          "{run_id}", "/v1/run", "/v1/sessions/{session_id}/files",
+                          "/v1/sessions/{session_id}/files/{path}", "/healthz", "/readyz",
+                          "/metrics"}
 
 
 def test_405_names_the_allowed_methods(api: Gateway) -> None:

@@ -194,7 +194,7 @@ class ApiHandler(GatewayHandler):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Access-Control-Allow-Headers",
                             "Authorization, X-API-Key, Content-Type")
-            self.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
             self.set_header("Access-Control-Max-Age", "600")
             self.add_header("Vary", "Origin")
 

@@ -40,6 +40,7 @@ class LaunchSpec:
     owner: str
     limits: Limits
     env: dict[str, str] = field(default_factory=dict)
+    workspace: str = ""  # host path of the session's workspace: the kernel's working directory
 
 
 class KernelHandle(BaseModel):
@@ -52,6 +53,7 @@ class KernelHandle(BaseModel):
     socket_dir: str
     connection: ConnectionInfo  # host-side paths; holds the HMAC key
     extra: dict[str, Any] = {}
+    workspace: str | None = None  # host path of the workspace the kernel works in
 
 
 class ExitInfo(BaseModel):
@@ -86,6 +88,11 @@ class Meter(Protocol):
 class Launcher(Protocol):
     name: str
     kernels_outlive_gateway: bool  # kernels keep running when the gateway process stops
+    # a started kernel can be moved into another workspace (a silent os.chdir): the warm pool
+    # then also serves restarts of sessions that have a workspace already
+    moves_workspace: bool
+    workspace_owner: tuple[int, int] | None  # (uid, gid) workspaces are given to, or None
+    workspace_mode: int  # mode of a workspace's root directory
 
     async def check(self) -> None:
         """Raise LauncherUnavailable if kernels cannot be started now (readiness)."""
@@ -105,9 +112,6 @@ class Launcher(Protocol):
     async def libraries(self, script: str) -> dict[str, str]:
         """Run ``script`` (Python printing one JSON object of name → version) with the kernels'
         interpreter and return what it printed. Raises LauncherUnavailable."""
-
-    async def remove_workspace(self, handle: KernelHandle) -> None:
-        """Delete the session's files (called when the session itself is deleted)."""
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
         """Of ``handles`` (every handle the registry holds), those whose kernels still run;

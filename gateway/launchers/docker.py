@@ -2,10 +2,11 @@
 
 One container per kernel launch, created with the docker SDK (every blocking call in a
 thread, every call bounded by ``docker_api_timeout_s``): non-root, no network, read-only
-root, size-capped tmpfs ``/tmp`` and ``/work``, no capabilities, ``no-new-privileges``, pids,
-memory (swap equal) and CPU limits, an init process, and one host path only: the session's
-socket directory, mounted at ``/kernel``. Deaths are learnt from ONE engine event stream
-(``die``/``oom``) read by a background thread, then the container is inspected for why.
+root, a size-capped tmpfs ``/tmp``, no capabilities, ``no-new-privileges``, pids, memory
+(swap equal) and CPU limits, an init process, and two host paths only: the session's socket
+directory, mounted at ``/kernel``, and its workspace, at ``/work``. Deaths are learnt from
+ONE engine event stream (``die``/``oom``) read by a background thread, then the container is
+inspected for why.
 
 Seccomp: every container gets ``seccomp.json`` (next to this module), or the profile
 ``docker_seccomp_profile`` names. The bundled one is Docker's default profile (moby/profiles
@@ -21,9 +22,14 @@ kernel runs with (the gateway's own gid, or ``docker_kernel_gid`` when the gatew
 setgid, mode 2770; the kernel's ``umask 007`` makes its sockets group read/write. Once the
 five sockets exist the directory goes to 2750, so the kernel cannot write to the host.
 
-Workspace: ``/work`` is a tmpfs that dies with the container; nothing of a session outlives
-its container, so ``remove_workspace`` has nothing to do. Both tmpfs count against the memory
-limit (so do ``/dev/shm``, sized like them, and the kernel itself).
+Workspace: ``/work`` is the session's workspace directory on the host (gateway/volumes.py:
+a loop-mounted image of ``disk_mb`` when the gateway is root), bind-mounted, so it outlives
+the container: a restart, an OOM kill or a takeover gives the next container the same files.
+It belongs to the kernel's user (``docker_kernel_uid``/gid) when the gateway is root, else to
+the gateway with the shared group (setgid, 2770). A started container cannot be given another
+mount, so a pooled container comes with a fresh workspace of its own, which a new session
+takes; a session that has one already gets a container started for it. The ``/tmp`` tmpfs
+counts against the memory limit (so do ``/dev/shm``, sized like it, and the kernel itself).
 
 Labels name the gateway (``instance_id``), the session and kernel, and the socket directory;
 a warm-pool kernel is labelled ``session_id=pool`` (labels are fixed at creation). Start-up
@@ -104,9 +110,17 @@ def _exit_info(exit_code: int | None, oom_killed: bool) -> ExitInfo:
 class DockerLauncher:
     name = "docker"
     kernels_outlive_gateway = True
+    moves_workspace = False  # a running container's mounts are fixed at creation
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        if os.geteuid() == 0:  # the sandbox's user owns its files
+            self.workspace_owner: tuple[int, int] | None = (settings.docker_kernel_uid,
+                                                             settings.docker_kernel_gid)
+            self.workspace_mode = 0o700
+        else:  # the gateway owns them; the kernel writes through the shared group
+            self.workspace_owner = None
+            self.workspace_mode = 0o2770
         self._runtime_dir = settings.runtime_dir
         # the engine takes the profile itself, not a path (compact: it is in every container's
         # HostConfig); settings checked the file is a JSON profile
@@ -308,10 +322,13 @@ class DockerLauncher:
             read_only=True,
             tmpfs={  # noexec as Docker's default: nothing written is run as a program
                 "/tmp": f"rw,noexec,nosuid,nodev,mode=1777,{disk}".rstrip(","),
-                "/work": f"rw,noexec,nosuid,nodev,uid={uid},gid={gid},mode=0700,{disk}".rstrip(","),
+                **({} if spec.workspace else {"/work": f"rw,noexec,nosuid,nodev,uid={uid},"
+                                                       f"gid={gid},mode=0700,{disk}".rstrip(",")}),
             },
             shm_size=f"{limits.disk_mb}m" if limits.disk_mb else None,
-            mounts=[Mount(target=KERNEL_DIR, source=str(socket_dir), type="bind")],
+            mounts=[Mount(target=KERNEL_DIR, source=str(socket_dir), type="bind"),
+                    *([Mount(target="/work", source=spec.workspace, type="bind")]
+                      if spec.workspace else [])],
             cap_drop=["ALL"],
             security_opt=["no-new-privileges", self._seccomp],
             pids_limit=limits.pids,
@@ -376,6 +393,7 @@ class DockerLauncher:
             socket_dir=str(socket_dir),
             connection=info,
             extra={"image": self._settings.docker_image},
+            workspace=spec.workspace or None,
         )
 
     async def _wait_for_sockets(self, socket_dir: Path, exited: asyncio.Future[ExitInfo]) -> None:
@@ -490,9 +508,6 @@ class DockerLauncher:
             return None
         self._cgroups[handle.ref] = files
         return CgroupMeter(files)
-
-    async def remove_workspace(self, handle: KernelHandle) -> None:
-        return None  # /work was a tmpfs of the container: gone with it
 
     # ------------------------------------------------------------------ orphans
     async def list_ours(self) -> list[dict[str, Any]]:

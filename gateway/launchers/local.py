@@ -1,8 +1,11 @@
 """LocalLauncher: the kernel as a child process (the embedded default; not a security boundary).
 
-Each kernel gets a private working directory (its HOME), an environment built from an
-allowlist (never the gateway's own), rlimits, its own process group, a parent-death signal,
-and its own network namespace where the OS allows unprivileged ones.
+Each kernel works in its session's workspace (its cwd and HOME; IPython's and matplotlib's
+own files go to the socket directory instead, so they never show up among the user's files),
+gets an environment built from an allowlist (never the gateway's own), rlimits, its own process
+group, a parent-death signal, and its own network namespace where the OS allows unprivileged
+ones. A pooled kernel is started in a workspace of its own, which a new session takes over;
+for a session that already has one, the kernel is moved into it (``moves_workspace``).
 """
 
 from __future__ import annotations
@@ -51,11 +54,13 @@ def _probe_netns() -> list[str]:
 class LocalLauncher:
     name = "local"
     kernels_outlive_gateway = False  # parent-death signal
+    moves_workspace = True  # same user, same filesystem: an os.chdir moves a kernel
+    workspace_owner: tuple[int, int] | None = None  # the gateway's own user
+    workspace_mode = 0o700
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._runtime_dir = settings.runtime_dir
-        self._work_dir = settings.work_dir
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._exits: dict[str, asyncio.Future[ExitInfo]] = {}
         self._netns: list[str] | None = None
@@ -71,7 +76,6 @@ class LocalLauncher:
             )
         try:
             self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise LauncherUnavailable(f"cannot create runtime directories: {exc}") from exc
 
@@ -87,7 +91,7 @@ class LocalLauncher:
                             "host network")
         return self._netns
 
-    def _env(self, spec: LaunchSpec, workdir: Path) -> dict[str, str]:
+    def _env(self, spec: LaunchSpec, workdir: Path, socket_dir: Path) -> dict[str, str]:
         python_dir = str(Path(self._settings.kernel_python).parent)
         env = {
             "PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin",
@@ -95,6 +99,13 @@ class LocalLauncher:
             "LANG": "C.UTF-8",
             "PYTHONNOUSERSITE": "1",
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            # the tools' own state lives with the kernel (removed with it), not among the files
+            "IPYTHONDIR": str(socket_dir / "ipython"),
+            "MPLCONFIGDIR": str(socket_dir / "matplotlib"),
+            "XDG_CACHE_HOME": str(socket_dir / "cache"),
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "JUPYTER_CONFIG_DIR": str(socket_dir / "jupyter"),
+            "JUPYTER_DATA_DIR": str(socket_dir / "jupyter"),
         }
         env.update(self._settings.kernel_env)
         env.update(spec.env)
@@ -117,12 +128,13 @@ class LocalLauncher:
 
     async def launch(self, spec: LaunchSpec) -> KernelHandle:
         netns = await self._netns_prefix()
+        if not spec.workspace:
+            raise KernelStartFailed("no workspace for the kernel")
         socket_dir = self._runtime_dir / secrets.token_hex(6)
-        workdir = self._work_dir / spec.kernel_id
+        workdir = Path(spec.workspace)
         try:
             self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             socket_dir.mkdir(mode=0o700)
-            workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             info = ConnectionInfo.for_ipc(str(socket_dir / "k"))
             conn_file = socket_dir / "connection.json"
             fd = os.open(conn_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -133,7 +145,7 @@ class LocalLauncher:
             proc = subprocess.Popen(
                 argv,
                 cwd=workdir,
-                env=self._env(spec, workdir),
+                env=self._env(spec, workdir, socket_dir),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -153,7 +165,7 @@ class LocalLauncher:
             ref=str(proc.pid),
             socket_dir=str(socket_dir),
             connection=info,
-            extra={"workdir": str(workdir)},
+            workspace=spec.workspace,
         )
 
     def _watch(self, kernel_id: str, proc: subprocess.Popen[bytes]) -> None:
@@ -213,11 +225,6 @@ class LocalLauncher:
 
     async def meter(self, handle: KernelHandle) -> ProcMeter | None:
         return ProcMeter(int(handle.ref)) if handle.ref in self._procs else None
-
-    async def remove_workspace(self, handle: KernelHandle) -> None:
-        workdir = handle.extra.get("workdir")
-        if workdir:
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
         return []  # local kernels die with the gateway (parent-death signal)

@@ -39,6 +39,7 @@ class SessionRecord(BaseModel):
     limits: Limits
     handle: KernelHandle | None = None
     gateway_url: str | None = None  # where other replicas forward calls for this session
+    workspace: str | None = None  # host path of the session's workspace (kept across kernels)
 
     def info(self) -> SessionInfo:
         return SessionInfo(

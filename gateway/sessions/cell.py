@@ -25,6 +25,7 @@ from gateway.metrics import Metrics
 from gateway.models import ErrorInfo, ExecuteResult, ExecuteStatus, SessionState
 from gateway.output import OutputCollector
 from gateway.policy import EOF_INPUT
+from gateway.sessions.files import SessionFiles
 from gateway.sessions.ladder import Replace, TimeoutLadder
 from gateway.sessions.session import Session
 from gateway.settings import Settings
@@ -51,8 +52,9 @@ class Cell:
 
 class CellRunner:
     def __init__(self, settings: Settings, metrics: Metrics, replace: Replace,
-                 handing_off: Callable[[], bool]) -> None:
+                 handing_off: Callable[[], bool], files: SessionFiles) -> None:
         self._settings = settings
+        self._files = files  # what the cell changed in the workspace
         self._metrics = metrics
         self._replace = replace
         self._handing_off = handing_off  # the gateway stops and leaves kernels running
@@ -71,6 +73,7 @@ class CellRunner:
         if _aborted_by_earlier_error(session, cell):
             self._reply_aborted(conn, cell)
             return None
+        since_ns = await self._files.before_cell(session)
         collector = OutputCollector(self._settings.max_output_bytes,
                                     self._settings.max_outputs_per_cell)
         status: ExecuteStatus | None = None
@@ -105,11 +108,14 @@ class CellRunner:
             status = _status_of(session, reply, collector)
         status, value = _entrypoint_outcome(cell, status, collector)
         self._count_reply(session, conn, cell, reply, status)
+        changed, changed_truncated = await self._files.after_cell(session, since_ns,
+                                                                  collector.error)
         common: dict[str, Any] = {
             "session_id": session.id, "execution_count": session.execution_count,
             "generation": session.generation, "state_preserved": preserved,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            "cpu_ms": usage.cpu_ms, "memory_peak_mb": _peak_mb(session, status, usage)}
+            "cpu_ms": usage.cpu_ms, "memory_peak_mb": _peak_mb(session, status, usage),
+            "files_changed": changed, "files_changed_truncated": changed_truncated}
         try:
             result = ExecuteResult(
                 status=status, stdout=collector.stdout_text, stderr=collector.stderr_text,

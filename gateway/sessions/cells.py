@@ -17,6 +17,7 @@ from gateway.kernel import KernelConnection, Message, Route
 from gateway.metrics import Metrics
 from gateway.models import ExecuteRequest, ExecuteResult, SessionInfo
 from gateway.sessions.cell import Cell, CellRunner
+from gateway.sessions.files import SessionFiles
 from gateway.sessions.lifecycle import Lifecycle
 from gateway.sessions.placement import Placement
 from gateway.sessions.session import Session
@@ -27,12 +28,12 @@ T = TypeVar("T")
 
 class Cells:
     def __init__(self, settings: Settings, metrics: Metrics, lifecycle: Lifecycle,
-                 placement: Placement) -> None:
+                 placement: Placement, files: SessionFiles) -> None:
         self._settings = settings
         self._lifecycle = lifecycle
         self._placement = placement
         self._runner = CellRunner(settings, metrics, lifecycle.replace_kernel,
-                                  lifecycle.handing_off)
+                                  lifecycle.handing_off, files)
         self._detached: set[asyncio.Task[Any]] = set()
 
     def check(self, req: ExecuteRequest) -> float:

@@ -17,6 +17,7 @@ from gateway.sessions.records import Records
 from gateway.sessions.session import Session
 from gateway.sessions.table import SessionTable
 from gateway.settings import Settings
+from gateway.volumes import Volumes
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,10 @@ SessionFromRecord = Callable[[SessionRecord], Session]
 
 class Handoff:
     def __init__(self, settings: Settings, launcher: Launcher, table: SessionTable,
-                 leases: Leases, records: Records, session_from: SessionFromRecord) -> None:
+                 leases: Leases, records: Records, session_from: SessionFromRecord,
+                 volumes: Volumes) -> None:
         self._settings = settings
+        self._volumes = volumes
         self._launcher = launcher
         self._table = table
         self._leases = leases
@@ -47,6 +50,11 @@ class Handoff:
             self._table.add(session)
         handles = [r.handle for r in records if r.handle is not None]
         alive = {h.ref for h in await self._launcher.adopt(handles)}
+        # workspaces of sessions that ended while no gateway ran, and of pooled kernels
+        kept = {r.workspace for r in records if r.workspace} | {
+            h.workspace for h in handles if h.workspace}
+        if removed := await self._volumes.collect(kept):
+            log.info("removed workspaces no session uses count=%d", removed)
         await asyncio.gather(*(self._bring_back(s, alive) for s in restoring))
 
     async def _bring_back(self, session: Session, alive: set[str]) -> None:

@@ -1,14 +1,15 @@
 """KernelSlot: the one kernel a session has at a time (jupyter_client's KernelManager, for one
 session): start (from the warm pool or booted), reconnect, replace, and the shutdown ladder.
 
-``Kernels`` is what every slot shares: the launcher, the pool, the ZMQ context and the
-deadlines. A slot reports its kernel's death through ``on_exit``, never by reaching up.
+``Kernels`` is what every slot shares: the launcher, the pool, the workspaces, the ZMQ context
+and the deadlines. A slot reports its kernel's death through ``on_exit``, never by reaching up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ from gateway.launchers import ExitInfo, KernelHandle, Launcher, LaunchSpec, Mete
 from gateway.metrics import Metrics
 from gateway.pool import KernelPool, StartedKernel, boot_kernel
 from gateway.settings import Settings
+from gateway.volumes import Volumes
 
 log = logging.getLogger(__name__)
 
 POLITE_SHUTDOWN_S = 1.0  # how long a shutdown_request may take before the sandbox is stopped
+MOVE_TIMEOUT_S = 10.0  # the silent cell that moves a pooled kernel into a workspace
 
 
 @dataclass
@@ -36,14 +39,55 @@ class Kernels:
     pool: KernelPool
     zmq: zmq.asyncio.Context
     metrics: Metrics
+    volumes: Volumes
 
     async def start(self, spec: LaunchSpec, *, pooled: bool) -> StartedKernel:
-        """A started, connected kernel: a pooled one if ``pooled`` and the pool has one.
-        Raises KernelStartFailed."""
-        kernel = self.pool.take() if pooled else None
-        if kernel is None:
-            kernel = await boot_kernel(self.launcher, spec, self.zmq, self.metrics,
-                                       self.settings.kernel_start_timeout_s)
+        """A started, connected kernel working in ``spec.workspace`` (a new workspace when
+        that is empty: the session's first kernel); a pooled one if ``pooled`` and the pool
+        has one. Raises KernelStartFailed, WorkspaceFull."""
+        if spec.workspace and not await self.volumes.ensure(spec.workspace):
+            log.warning("workspace of session_id=%s is gone from this host; starting with a "
+                        "new, empty one", spec.session_id)
+            spec = dataclasses.replace(spec, workspace="")
+        movable = not spec.workspace or self.launcher.moves_workspace
+        kernel = self.pool.take() if pooled and movable else None
+        if kernel is not None and spec.workspace and kernel.handle.workspace != spec.workspace:
+            kernel = await self._move(kernel, spec.workspace)
+        if kernel is not None:
+            return kernel
+        workspace = spec.workspace or await self.volumes.create(spec.limits.disk_mb)
+        try:
+            return await boot_kernel(self.launcher, dataclasses.replace(spec, workspace=workspace),
+                                     self.zmq, self.metrics, self.settings.kernel_start_timeout_s)
+        except BaseException:
+            if not spec.workspace:
+                await self.volumes.remove(workspace)
+            raise
+
+    async def _move(self, kernel: StartedKernel, workspace: str) -> StartedKernel | None:
+        """Move a pooled kernel into ``workspace`` (its own, fresh one is removed); None if
+        the kernel did not do it (it is stopped then)."""
+        code = (f"import os as _o; _o.chdir({workspace!r}); _o.environ['HOME'] = {workspace!r}; "
+                "del _o")
+        msg = kernel.conn.session.msg("execute_request", {
+            "code": code, "silent": True, "store_history": False, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": False})
+        old = kernel.handle.workspace
+        try:
+            reply = await kernel.conn.request("shell", msg, wait_idle=True,
+                                              timeout_s=MOVE_TIMEOUT_S)
+            moved = reply["content"].get("status") == "ok"
+        except (KernelDied, KernelTimeout):
+            moved = False
+        if not moved:
+            log.warning("a pooled kernel could not be moved into its session's workspace")
+            kernel.conn.close()
+            await self.launcher.terminate(kernel.handle, 0)
+        if old and old != workspace:
+            await self.volumes.remove(old)
+        if not moved:
+            return None
+        kernel.handle = kernel.handle.model_copy(update={"workspace": workspace})
         return kernel
 
 

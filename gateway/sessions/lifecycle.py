@@ -83,11 +83,21 @@ class Lifecycle:
         return session
 
     async def start_kernel(self, session: Session) -> None:
-        """A fresh interpreter for ``session`` (pooled when its profile is the default)."""
+        """A fresh interpreter for ``session`` (pooled when its profile is the default), in
+        the session's workspace (the first kernel's becomes the session's)."""
         spec = LaunchSpec(session_id=session.id, kernel_id=session.kernel_id,
-                          owner=session.owner, limits=session.limits, env=session.env)
+                          owner=session.owner, limits=session.limits, env=session.env,
+                          workspace=session.workspace or "")
         pooled = not session.env and session.limits == self._settings.default_limits
         await session.slot.start(spec, pooled=pooled)
+        handle = session.slot.handle
+        if session.closed:  # deleted while its kernel started: this kernel is nobody's
+            await session.slot.stop(grace_s=0)
+            if handle is not None and handle.workspace and handle.workspace != session.workspace:
+                await self._kernels.volumes.remove(handle.workspace)
+            raise errors.SessionNotFound(f"session {session.id!r} was deleted")
+        if handle is not None:
+            session.workspace = handle.workspace
         session.execution_count = 0
         session.watchers.kernel_started()
         session.set_state(SessionState.idle)
@@ -103,6 +113,8 @@ class Lifecycle:
         try:
             await self.start_kernel(session)
         except errors.GatewayError:
+            if session.closed:  # deleted meanwhile (its workspace too)
+                raise errors.SessionNotFound(f"session {session.id!r} was deleted") from None
             session.set_state(SessionState.dead)
             session.watchers.announce("dead")
             raise
@@ -113,13 +125,13 @@ class Lifecycle:
         self._table.remove(session)
         session.set_state(SessionState.closed)
         self._metrics.sessions.set(len(self._table))
-        handle = session.slot.handle
         try:  # the record first, lease still held: no replica (nor our reaper) takes it over
             await self._registry.delete(session.owner, session.id)
         finally:
             await session.slot.stop(grace_s=self._settings.shutdown_grace_s)
-            if remove_files and handle is not None:
-                await self._launcher.remove_workspace(handle)
+            if remove_files and session.workspace:
+                await self._kernels.volumes.remove(session.workspace)
+                self._metrics.forget_workspace(session.owner, session.id)
         await self._leases.release(session.key)
         self._kernels.pool.refill()
         log.info("session closed session_id=%s", session.id)

@@ -24,6 +24,7 @@ from gateway.models import CreateSession, SessionInfo
 from gateway.pool import KernelPool
 from gateway.registry import Registry, SessionRecord
 from gateway.sessions.cells import Cells
+from gateway.sessions.files import SessionFiles
 from gateway.sessions.handoff import Handoff
 from gateway.sessions.kernel_slot import Kernels
 from gateway.sessions.leases import Leases
@@ -36,6 +37,7 @@ from gateway.sessions.session import Session
 from gateway.sessions.table import SessionTable
 from gateway.sessions.upkeep import Upkeep
 from gateway.settings import Settings
+from gateway.volumes import Volumes
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +51,26 @@ class SessionManager:
         self.metrics = metrics
         self.table = SessionTable(settings)
         self._zmq = zmq.asyncio.Context()
+        self.volumes = Volumes(settings, launcher.workspace_owner, launcher.workspace_mode)
         self.pool = KernelPool(settings, launcher, self._zmq, metrics,
-                               room=lambda: settings.max_sessions - self.table.occupied)
-        kernels = Kernels(settings, launcher, self.pool, self._zmq, metrics)
+                               room=lambda: settings.max_sessions - self.table.occupied,
+                               volumes=self.volumes)
+        kernels = Kernels(settings, launcher, self.pool, self._zmq, metrics, self.volumes)
         records = Records(settings, registry)
         self._leases = Leases(registry, settings.instance_id, settings.lease_ttl_s)
         self._lifecycle = Lifecycle(settings, launcher, registry, metrics, kernels, self.table,
                                     self._leases, records)
         self._handoff = Handoff(settings, launcher, self.table, self._leases, records,
-                                self._lifecycle.session_from)
+                                self._lifecycle.session_from, self.volumes)
         self._placement = Placement(settings, registry, self.table, self._leases,
                                     self._handoff)
         self._upkeep = Upkeep(settings, registry, metrics, self.table, self._leases,
                               self._placement, self._handoff, records, self._lifecycle)
-        self.cells = Cells(settings, metrics, self._lifecycle, self._placement)
+        self.files = SessionFiles(settings, metrics, self.volumes, launcher.workspace_owner)
+        self.cells = Cells(settings, metrics, self._lifecycle, self._placement, self.files)
         self.runs = Runs(settings, self.cells)  # background cells (execute, wait: false)
-        self.oneshots = OneShots(settings, metrics, self._lifecycle, self.table, kernels)
+        self.oneshots = OneShots(settings, metrics, self._lifecycle, self.table, kernels,
+                                 self.files)
         self._loops: list[asyncio.Task[None]] = []  # the reaper and the lease renewer
         self.libraries = KernelLibraries(launcher)  # for /healthz
 
@@ -103,10 +109,13 @@ class SessionManager:
             kept = await self._handoff.hand_over_all()
             log.info("left %d session kernels running for the next gateway process", kept)
         else:
+            # without a shared registry nothing can find these sessions again: files go too
             await asyncio.gather(
-                *(self._lifecycle.discard(s, remove_files=False) for s in self.table),
+                *(self._lifecycle.discard(s, remove_files=not self.registry.shared)
+                  for s in self.table),
                 return_exceptions=True)
         await self.launcher.close()
+        self.volumes.close()
         await self.registry.close()
         self._zmq.term()
 
@@ -167,7 +176,7 @@ class SessionManager:
         return await self._placement.served_elsewhere(owner)
 
     async def delete(self, session: Session) -> None:
-        """Stop the session's kernel and remove its sandbox and files; its sockets close."""
+        """Stop the session's kernel and remove its sandbox and workspace; its sockets close."""
         if not session.ready.done():
             await asyncio.wait({session.ready})
         await self._lifecycle.discard(session, remove_files=True)

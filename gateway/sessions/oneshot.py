@@ -38,6 +38,7 @@ from gateway.models import (
     TestsReport,
 )
 from gateway.sessions.cell import STATE_LOST, Cell, CellRunner, death_error
+from gateway.sessions.files import SessionFiles
 from gateway.sessions.kernel_slot import Kernels
 from gateway.sessions.lifecycle import Lifecycle
 from gateway.sessions.session import Session
@@ -73,12 +74,13 @@ def lines(stdin: Stdin | None) -> list[str] | None:
 
 class OneShots:
     def __init__(self, settings: Settings, metrics: Metrics, lifecycle: Lifecycle,
-                 table: SessionTable, kernels: Kernels) -> None:
+                 table: SessionTable, kernels: Kernels, files: SessionFiles) -> None:
         self._settings = settings
         self._lifecycle = lifecycle
         self._table = table
         self._kernels = kernels
-        self._runner = CellRunner(settings, metrics, self._retire, handing_off=lambda: False)
+        self._runner = CellRunner(settings, metrics, self._retire, handing_off=lambda: False,
+                                  files=files)
         self._live: set[Session] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -229,13 +231,12 @@ class OneShots:
 
     async def _dispose(self, session: Session) -> None:
         """Destroy a one-shot sandbox: kernel, sandbox and files; the pool refills."""
-        handle = session.slot.handle
         session.set_state(SessionState.closed)
         try:
             await session.slot.stop(grace_s=0)
         finally:
-            if handle is not None:
-                await self._kernels.launcher.remove_workspace(handle)
+            if session.workspace:
+                await self._kernels.volumes.remove(session.workspace)
             self._kernels.pool.refill()
 
     async def close(self) -> None:

@@ -65,6 +65,8 @@ class Session:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending_input: dict[str, Message] = {}  # request id → the kernel's input_request
         self.jupyter_error: tuple[str, float] | None = None  # (client session, when) it failed
+        self.workspace: str | None = None  # host path of its workspace, once it has one
+        self.files_api_ns = 0  # when the files API last changed the workspace (file clock)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -122,11 +124,13 @@ class Session:
 
     def record(self, gateway_id: str, gateway_url: str | None = None) -> SessionRecord:
         return SessionRecord(session_id=self.id, owner=self.owner, gateway_id=gateway_id,
-                             handle=self.slot.handle, gateway_url=gateway_url, **self._fields())
+                             handle=self.slot.handle, gateway_url=gateway_url,
+                             workspace=self.workspace, **self._fields())
 
     def restore_from(self, record: SessionRecord) -> None:
         """Counters and timestamps of a record another gateway process wrote."""
         self.slot.generation = record.generation
         self.slot.handle = record.handle
+        self.workspace = record.workspace or (record.handle.workspace if record.handle else None)
         self.execution_count = record.execution_count
         self.created_at, self.last_activity = record.created_at, record.last_activity

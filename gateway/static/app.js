@@ -255,6 +255,7 @@
 
   // ------------------------------------------------------------------ events
   function onEvent(ev) {
+    window.dispatchEvent(new CustomEvent("egw:event", { detail: ev })); // files.js follows
     if (typeof ev.seq === "number") {
       if (st.lastSeq !== null && ev.seq <= st.lastSeq) return; // seen before this reconnect
       st.lastSeq = ev.seq;
