@@ -222,6 +222,13 @@ class TestCase(Request):
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
+class InlineFile(Request):
+    """A file placed in a one-shot sandbox's workspace before any code runs."""
+
+    path: str = Field(max_length=1024, description="relative to the workspace, /-separated")
+    content_base64: str = Field(description="the file's bytes, base64-encoded")
+
+
 class RunRequest(Request):
     """POST /v1/run: a stateless run in a fresh sandbox from the warm pool."""
 
@@ -231,6 +238,9 @@ class RunRequest(Request):
     limits: Limits | None = None
     entrypoint: Literal["main"] | None = None
     tests: list[TestCase] | None = Field(None, description="at most max_tests (default 50)")
+    files: list[InlineFile] | None = Field(
+        None, max_length=100,
+        description="placed in the workspace of the run's sandbox and of each test's")
 
 
 class TestResult(BaseModel):

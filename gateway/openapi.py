@@ -95,7 +95,8 @@ def _files_paths(sid: dict[str, Any]) -> dict[str, Any]:
         "type": "object", "required": ["file"], "additionalProperties": False, "properties": {
             "file": {"type": "array", "minItems": 1,
                      "items": {"type": "string", "format": "binary"}},
-            "path": {"type": "string"}}}}}}
+            "path": {"type": "string", "description": "the target directory ('': the "
+                     "workspace)", "pattern": _PATH_PATTERN.format(least=0)}}}}}}
     bytes_out = {"200": {"description": "its bytes; Content-Type guessed from the name",
                          "content": raw}}
     put = {"200": {"description": "replaced", **_json(FileInfo)},

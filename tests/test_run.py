@@ -3,6 +3,7 @@ figures and X-API-Key, with real kernels in both launchers."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from typing import Any
 
@@ -198,13 +199,29 @@ def test_a_failing_submission_fails_its_tests_too(gw: Gateway) -> None:
 
 
 # ------------------------------------------------------------------ requests and auth
+def test_inline_files_are_in_the_workspace_of_the_run_and_of_each_test(gw: Gateway) -> None:
+    data = bytes(range(256)) * 4
+    out = run(gw, code="import os\ndata = open('in/blob.bin', 'rb').read()\n"
+                       "print(len(data), data[:3], open('notes.txt').read())",
+              files=[{"path": "in/blob.bin", "content_base64": base64.b64encode(data).decode()},
+                     {"path": "notes.txt", "content_base64": base64.b64encode(b"hi").decode()}],
+              tests=[{"code": "print(open('notes.txt').read())",  # after the submission's
+                      "expected_stdout": "1024 b'\\x00\\x01\\x02' hi\nhi"}])
+    assert out["status"] == "ok", out
+    assert out["stdout"] == "1024 b'\\x00\\x01\\x02' hi\n"
+    assert out["files_changed"] == []  # placed before the code ran, not made by it
+    assert out["tests"]["passed"] == 1, out["tests"]
+    assert run(gw, code="import os; print(os.path.exists('notes.txt'))")["stdout"] == "False\n"
+
+
 def test_bad_requests_are_400(gw: Gateway) -> None:
     for body, code in [
         ({"code": "1", "tests": [{"code": "1"}] * 51}, "validation_error"),
         ({"code": "1", "tests": [{"expected_stdout": "(", "compare": "regex"}]},
          "validation_error"),
         ({"code": "1", "tests": [{"compare": "substring"}]}, "validation_error"),
-        ({"code": "1", "files": []}, "validation_error"),
+        ({"code": "1", "files": [{"path": "../x", "content_base64": ""}]}, "invalid_path"),
+        ({"code": "1", "files": [{"path": "x", "content_base64": "!!"}]}, "validation_error"),
         ({"code": "1", "timeout_s": float("nan")}, "invalid_json"),
         ({"code": "1", "limits": {"memory_mb": 10**7}}, "limit_out_of_range"),
         ({"code": "1", "entrypoint": "other"}, "validation_error"),

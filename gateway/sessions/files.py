@@ -176,6 +176,17 @@ class SessionFiles:
         await self._measure(session)
         return info, created
 
+    async def put(self, session: Session, path: str, data: bytes) -> FileInfo:
+        """A whole file at once (a one-shot run's inline files). Raises as an upload does."""
+        pending = await self.begin_upload(session, path, len(data))
+        try:
+            await self.write(pending, data)
+            info, _ = await self.commit(session, pending, path)
+        except BaseException:
+            pending.abort()
+            raise
+        return info
+
     async def delete(self, session: Session, path: str, *, recursive: bool) -> None:
         workspace = self.workspace(session)
         info = await asyncio.to_thread(workspace.delete, path, recursive=recursive)

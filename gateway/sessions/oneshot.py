@@ -13,6 +13,8 @@ after the answer is sent, not before: their places are given back once they are 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -29,6 +31,7 @@ from gateway.models import (
     ExecuteRequest,
     ExecuteResult,
     ExecuteStatus,
+    InlineFile,
     Limits,
     RunRequest,
     SessionState,
@@ -44,6 +47,7 @@ from gateway.sessions.lifecycle import Lifecycle
 from gateway.sessions.session import Session
 from gateway.sessions.table import SessionTable
 from gateway.settings import Settings
+from gateway.workspace import split_path
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,20 @@ class _Batch:
     answer; the request's places are given back when the last one is done)."""
 
     gate: asyncio.Semaphore
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # placed in every sandbox
     disposals: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _decoded(files: list[InlineFile]) -> list[tuple[str, bytes]]:
+    """(path, bytes) of a run's inline files. Raises ValidationFailed for bad base64."""
+    decoded = []
+    for inline in files:
+        try:
+            decoded.append((inline.path, base64.b64decode(inline.content_base64, validate=True)))
+        except (binascii.Error, ValueError):
+            raise errors.ValidationFailed(
+                f"files: {inline.path!r}: content_base64 is not valid base64") from None
+    return decoded
 
 
 def lines(stdin: Stdin | None) -> list[str] | None:
@@ -79,6 +96,7 @@ class OneShots:
         self._lifecycle = lifecycle
         self._table = table
         self._kernels = kernels
+        self._files = files
         self._runner = CellRunner(settings, metrics, self._retire, handing_off=lambda: False,
                                   files=files)
         self._live: set[Session] = set()
@@ -91,6 +109,8 @@ class OneShots:
             raise errors.ValidationFailed(
                 f"{len(tests)} tests; at most {self._settings.max_tests} (max_tests)")
         timeout = self._timeout(req.code, req.stdin, req.timeout_s)
+        for inline in req.files or []:
+            split_path(inline.path)  # raises InvalidPath
         for test in tests:
             self._timeout(test.code or "", test.stdin, test.timeout_s)
             if test.compare == "regex" and test.expected_stdout is not None:
@@ -107,10 +127,12 @@ class OneShots:
         EntrypointMissing, KernelStartFailed, ShuttingDown."""
         timeout = self.check(req)
         limits = policy.resolve_limits(self._settings, req.limits)
+        files = _decoded(req.files or [])
         tests = req.tests or []
         wanted = min(1 + len(tests), self._settings.run_concurrency)
         places = contextlib.ExitStack()
-        batch = _Batch(asyncio.Semaphore(places.enter_context(self._table.hold(owner, wanted))))
+        batch = _Batch(asyncio.Semaphore(places.enter_context(self._table.hold(owner, wanted))),
+                       files)
         try:
             self._kernels.pool.refill()  # pooled kernels beyond what capacity now allows go
             outcomes = await asyncio.gather(
@@ -151,6 +173,8 @@ class OneShots:
         self._live.add(session)
         try:
             await self._lifecycle.start_kernel(session)
+            for path, data in batch.files:
+                await self._files.put(session, path, data)
             deadline = time.monotonic() + timeout_s
             results: list[ExecuteResult] = []
             for step in steps:
