@@ -100,6 +100,25 @@ def test_session_keeps_state_text_is_the_value_and_is_deleted_on_exit(
     assert not exists(server, sid)
 
 
+def test_files_and_one_shot_runs_through_the_sdk(gw: Gateway, sid: str) -> None:
+    with gw.session(sid) as s:
+        info = s.files.upload("data/in.csv", b"a,b\n1,2\n")
+        assert info.path == "data/in.csv" and info.size == 8
+        r = s.run("open('out.txt', 'w').write(open('data/in.csv').read().upper())")
+        assert r.status == "ok"
+        assert [f["path"] if isinstance(f, dict) else f.path
+                for f in r.files_changed] == ["out.txt"]  # type: ignore[attr-defined]
+        assert s.files.download("out.txt") == b"A,B\n1,2\n"
+        assert {f.path for f in s.files.list(recursive=True)} >= {"data/in.csv", "out.txt"}
+        s.files.delete("out.txt")
+        assert "out.txt" not in {f.path for f in s.files.list()}
+    one = gw.run("print(input()[::-1])", stdin="hello")
+    assert one.status == "ok" and one.stdout == "olleh\n"
+    graded = gw.run("def add(a, b):\n    return a + b",
+                    tests=[{"code": "print(add(5, 3))", "expected_stdout": "8"}])
+    assert graded.status == "ok" and graded.tests["passed"] == 1  # type: ignore[attr-defined]
+
+
 def test_keep_true_leaves_the_session_and_a_server_named_one_gets_an_id(
     gw: Gateway, server: GatewayProc, sid: str
 ) -> None:

@@ -21,9 +21,7 @@ SessionState = Literal["starting", "idle", "busy", "restarting", "dead", "closed
 IMAGE_TYPES = ("image/png", "image/jpeg")
 
 # Fields the client reads that the server does not send yet, by model (see the module doc).
-PENDING_FIELDS: dict[str, set[str]] = {
-    "ExecuteResult": {"files_changed", "files_changed_truncated"},
-}
+PENDING_FIELDS: dict[str, set[str]] = {}
 
 
 class Answer(BaseModel):
