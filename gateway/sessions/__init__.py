@@ -2,9 +2,12 @@
 
 One noun per module: ``session`` (state and its transitions), ``table`` (the local map and
 capacity), ``queue`` (the per-session FIFO), ``kernel_slot`` (a session's kernel and the
-shutdown ladder), ``cell`` (one cell's run), ``ladder`` (the timeout ladder), ``leases``,
+shutdown ladder), ``lifecycle`` (open, replace a kernel, discard), ``cell`` (one cell's run),
+``cells`` (the cell verbs handlers call), ``ladder`` (the timeout ladder), ``runs``
+(background runs), ``oneshot`` (``/v1/run``), ``files`` (the files API's verbs), ``leases``,
 ``placement`` (here / there / vacant), ``handoff`` (restore, takeover, loss, graceful stop),
-``records`` (registry writes), ``reaper``, and ``manager`` (the façade handlers call).
+``records`` (registry writes), ``reaper`` and ``upkeep`` (the background loops), and
+``manager`` (the façade handlers call).
 """
 
 from gateway.sessions.manager import SessionManager
