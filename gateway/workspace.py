@@ -327,6 +327,13 @@ class Upload:
                 except OSError as exc:
                     if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
                         raise errors.NotAFile(f"{path} is a directory") from exc
+                    if exc.errno == errno.ENOENT:  # the kernel removed the directory meanwhile
+                        raise errors.FileNotFound(
+                            f"{path}: its directory went away while the file was written"
+                        ) from exc
+                    if exc.errno == errno.ENOTDIR:
+                        raise errors.NotADirectory(f"a parent of {path} is not a directory"
+                                                   ) from exc
                     raise
         except BaseException:
             self.abort()
