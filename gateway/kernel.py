@@ -1,11 +1,12 @@
 """KernelConnection: one kernel's ZeroMQ sockets, messages routed to whoever asked.
 
-The gateway is the kernel's only direct client. Every socket is read continuously by its
-own task (so ZMQ high-water marks never drop output); replies and iopub/stdin messages are
-routed by their parent ``msg_id`` to the route registered for that request; every iopub
-message is also shown to ``iopub_tap``. The kernel owns the socket directory: sockets are
-opened with ``O_PATH | O_NOFOLLOW`` and connected through ``/proc/self/fd`` so a planted
-symlink or a swapped file is never followed, and reconnects are disabled.
+The gateway is the kernel's only direct client. Every socket is read continuously (so ZMQ
+high-water marks never drop output; see ``gateway.kernel_sockets``); each message is checked
+and decoded (``gateway.wire``), then routed by its parent ``msg_id`` to the route registered
+for that request; every iopub message is also shown to ``iopub_tap``. The kernel owns the
+socket directory: sockets are opened with ``O_PATH | O_NOFOLLOW`` and connected through
+``/proc/self/fd`` so a planted symlink or a swapped file is never followed, and reconnects
+are disabled.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
-import json
 import logging
 import os
 import secrets
@@ -22,31 +21,24 @@ import socket
 import stat
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import zmq
-import zmq.asyncio
 from jupyter_client.session import Session
 from pydantic import BaseModel
 
-from gateway.bounds import depth_exceeds
 from gateway.errors import KernelDied, KernelTimeout
+from gateway.kernel_sockets import SOCKET_TYPES, KernelSockets
+from gateway.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, Rejected, WireCodec
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, Any]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "KernelConnection", "Message", "Rejected", "Route"]
+
 Route = Callable[[str, Message], None]  # (channel, message)
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
-_SOCKET_TYPES = {"shell": zmq.DEALER, "iopub": zmq.SUB, "stdin": zmq.DEALER, "control": zmq.DEALER}
-
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 REJECT_LOG_INTERVAL_S = 60.0
-
-
-class Rejected(ValueError):
-    """A kernel message the gateway will not process (``args[0]``: the reason, a label)."""
 
 
 class ConnectionInfo(BaseModel):
@@ -91,11 +83,6 @@ def _collect(got: dict[str, Message], both: asyncio.Future[None], channel: str,
         both.set_result(None)
 
 
-def _ignore_result(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # a send on a closed socket is not worth a warning
-
-
 def _listening(fd: int) -> bool:
     """Whether the unix socket behind ``fd`` accepts connections yet (a probe connect)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -109,25 +96,36 @@ def _listening(fd: int) -> bool:
 class KernelConnection:
     """Talks to one kernel. Created per interpreter; closed when the kernel is replaced."""
 
-    def __init__(self, info: ConnectionInfo, context: zmq.asyncio.Context) -> None:
+    def __init__(self, info: ConnectionInfo, context: zmq.Context[Any]) -> None:
         if info.transport != "ipc":
             raise ValueError("only the ipc transport is supported")
         self.info = info
         self.session = Session(
             key=info.key.encode(), signature_scheme=info.signature_scheme, username="gateway"
         )
-        self._context = context
-        self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self.wire = WireCodec(self.session)
+        self._loop = asyncio.get_running_loop()
+        self._sockets = KernelSockets(context, self._receive,
+                                      lambda channel, reason: self._reject(channel,
+                                                                           Rejected(reason)))
         self._fds: list[int] = []
-        self._readers: list[asyncio.Task[None]] = []
         self._routes: dict[str, Route] = {}
-        self._dead: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting: set[asyncio.Future[None]] = set()  # requests: failed when it dies
+        self._dead: asyncio.Future[str] = self._loop.create_future()
         # sees every iopub message, whoever asked (Jupyter clients watch the whole kernel)
         self.iopub_tap: Callable[[Message], None] | None = None
         self.on_reject: Callable[[str], None] | None = None  # (reason) of a dropped message
-        self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self._rejected = 0
         self._next_complaint = 0.0
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Larger kernel messages are dropped (``kernel_messages_rejected{too_large}``)."""
+        return self.wire.max_message_bytes
+
+    @max_message_bytes.setter
+    def max_message_bytes(self, value: int) -> None:
+        self.wire.max_message_bytes = value
 
     # ----------------------------------------------------------------- lifecycle
     async def connect(self, timeout_s: float, died: asyncio.Future[Any] | None = None) -> Message:
@@ -150,8 +148,8 @@ class KernelConnection:
         fds: dict[str, int] = {}
         delay = 0.002
         try:
-            while len(fds) < len(_SOCKET_TYPES):
-                for channel in _SOCKET_TYPES:
+            while len(fds) < len(SOCKET_TYPES):
+                for channel in SOCKET_TYPES:
                     path = self.info.socket_path(channel)
                     if channel not in fds and os.path.lexists(path):
                         fd = open_socket_path(path)
@@ -159,7 +157,7 @@ class KernelConnection:
                             fds[channel] = fd
                         else:
                             os.close(fd)
-                if len(fds) == len(_SOCKET_TYPES):
+                if len(fds) == len(SOCKET_TYPES):
                     break
                 if died is not None and died.done():
                     raise KernelDied("kernel exited during start-up")
@@ -172,23 +170,8 @@ class KernelConnection:
         return fds
 
     def _open_sockets(self, fds: dict[str, int]) -> None:
-        identity = self.session.bsession
-        for channel, kind in _SOCKET_TYPES.items():
-            fd = fds[channel]
-            self._fds.append(fd)
-            sock = self._context.socket(kind)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RECONNECT_IVL, -1)
-            # default RCVHWM: when the gateway lags, ZMQ stops reading and the backlog waits in
-            # the kernel (whose PUB never drops, see kernel_boot.py), not in the gateway
-            if kind == zmq.DEALER:
-                # the kernel sends stdin requests to the identity that sent the shell request
-                sock.setsockopt(zmq.IDENTITY, identity)
-            else:
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            sock.connect(f"ipc:///proc/self/fd/{fd}")
-            self._sockets[channel] = sock
-            self._readers.append(asyncio.create_task(self._read_loop(channel, sock)))
+        self._fds.extend(fds.values())
+        self._sockets.open(fds, self.session.bsession)
 
     async def _handshake(self, died: asyncio.Future[Any] | None) -> Message:
         # A SUB socket misses what is published before its subscription lands: resend
@@ -213,6 +196,10 @@ class KernelConnection:
         """Called when the sandbox reports the kernel gone: every waiter gets KernelDied."""
         if not self._dead.done():
             self._dead.set_result(reason)
+        for waiter in self._waiting:
+            if not waiter.done():
+                waiter.set_exception(KernelDied(reason))
+        self._waiting.clear()
 
     @property
     def dead(self) -> bool:
@@ -220,35 +207,21 @@ class KernelConnection:
 
     def close(self) -> None:
         self.mark_dead("closed")
-        for task in self._readers:
-            task.cancel()
-        for sock in self._sockets.values():
-            sock.close(linger=0)
+        self._sockets.close()
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._readers.clear()
-        self._sockets.clear()
         self._fds.clear()
 
     # ----------------------------------------------------------------- reading
-    async def _read_loop(self, channel: str, sock: zmq.asyncio.Socket) -> None:
-        count = 0
-        while True:
-            count += 1
-            if count % 64 == 0:
-                # recv on a busy socket completes without yielding: let other work run
-                await asyncio.sleep(0)
-            try:
-                frames = await sock.recv_multipart()
-            except (asyncio.CancelledError, zmq.ZMQError):
-                return
-            try:
-                msg = self._deserialize(frames)
-            except Exception as exc:  # a kernel may send anything; never let it stop the reader
-                self._reject(channel, exc)
-                continue
-            self._dispatch(channel, msg)
+    def _receive(self, channel: str, frames: list[bytes]) -> None:
+        """One message from ``channel``: checked, decoded, routed; never raises."""
+        try:
+            msg = self.wire.decode(frames)
+        except Exception as exc:  # a kernel may send anything; never let it stop the reader
+            self._reject(channel, exc)
+            return
+        self._dispatch(channel, msg)
 
     def _reject(self, channel: str, exc: Exception) -> None:
         """Count a dropped message; log the first, then at most one line a minute (a kernel
@@ -265,44 +238,13 @@ class KernelConnection:
                         channel, reason, type(exc).__name__)
             self._rejected = 0
 
-    def _deserialize(self, frames: list[bytes]) -> Message:
-        """Check the HMAC and decode one message. Like ``Session.deserialize`` without its
-        date parsing of every header (half its cost; the gateway never reads those dates).
-        Raises ValueError."""
-        _, found = self.session.feed_identities(frames, copy=True)
-        parts = cast("list[bytes]", found)  # recv_multipart copies: frames are bytes
-        if len(parts) < 5:
-            raise ValueError("short message")
-        if self.session.auth is not None:
-            expected = self.session.sign(parts[1:5])
-            if not hmac.compare_digest(parts[0], expected):
-                raise ValueError("invalid signature")
-        if sum(len(p) for p in parts) > self.max_message_bytes:
-            raise Rejected("too_large")
-        header, parent, metadata, content = (json.loads(p) for p in parts[1:5])
-        if not all(isinstance(d, dict) for d in (header, parent, metadata, content)) or \
-                not isinstance(header.get("msg_id"), str) or \
-                not isinstance(header.get("msg_type"), str):
-            raise Rejected("malformed")
-        if depth_exceeds(content) or depth_exceeds(metadata):
-            raise Rejected("too_deep")
-        return {
-            "header": header,
-            "msg_id": header["msg_id"],
-            "msg_type": header["msg_type"],
-            "parent_header": parent,
-            "metadata": metadata,
-            "content": content,
-            "buffers": parts[5:],
-        }
-
     def _dispatch(self, channel: str, msg: Message) -> None:
         if channel == "iopub" and self.iopub_tap is not None:
             try:
                 self.iopub_tap(msg)
             except Exception:
                 log.exception("iopub tap failed")
-        parent_id = msg.get("parent_header", {}).get("msg_id")
+        parent_id = msg["parent_header"].get("msg_id")
         route = self._routes.get(parent_id) if parent_id else None
         if route is not None:
             try:
@@ -318,16 +260,9 @@ class KernelConnection:
         self._routes.pop(msg_id, None)
 
     def send(self, channel: str, msg: Message) -> None:
-        """Sign and send ``msg`` (a message dict, buffers included) on ``channel``.
-
-        Through the asyncio socket itself: jupyter_client's ``Session.send`` writes through a
-        synchronous shadow of the socket, which can swallow libzmq's edge-triggered
-        "readable" signal, and then a reply that arrives at that moment is never read.
-        """
-        frames = self.session.serialize(msg)
-        frames.extend(msg.get("buffers") or [])
-        sent = self._sockets[channel].send_multipart(frames)
-        asyncio.ensure_future(sent).add_done_callback(_ignore_result)
+        """Sign and send ``msg`` (a message dict, buffers included) on ``channel``; never
+        blocks (see ``KernelSockets.send``)."""
+        self._sockets.send(channel, self.wire.encode(msg))
 
     async def execute(
         self, code: str, *, allow_stdin: bool, on_message: Route, store_history: bool = True
@@ -365,7 +300,7 @@ class KernelConnection:
         """
         if self._dead.done():
             raise KernelDied(self._dead.result())
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[None] = self._loop.create_future()
         reply: list[Message] = []
         idle = not wait_idle
 
@@ -386,18 +321,22 @@ class KernelConnection:
 
         msg_id = msg["header"]["msg_id"]
         self._routes[msg_id] = route
+        self._waiting.add(done)  # mark_dead fails it with KernelDied
         try:
             self.send(channel, msg)
-            finished, _ = await asyncio.wait(
-                {done, self._dead}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            if done in finished:
-                return reply[0]
-            if self._dead.done():
-                raise KernelDied(self._dead.result())
-            raise KernelTimeout(f"no {msg['msg_type']} reply after {timeout_s}s")
+            if timeout_s is None:
+                await done
+            else:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await done
+                except TimeoutError:
+                    raise KernelTimeout(
+                        f"no {msg['msg_type']} reply after {timeout_s}s") from None
+            return reply[0]
         finally:
             self._routes.pop(msg_id, None)
+            self._waiting.discard(done)
             if not done.done():
                 done.cancel()
 

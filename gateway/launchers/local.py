@@ -63,6 +63,7 @@ class LocalLauncher:
         self._runtime_dir = settings.runtime_dir
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._exits: dict[str, asyncio.Future[ExitInfo]] = {}
+        self._meters: dict[str, ProcMeter] = {}  # kept per kernel: their /proc files stay open
         self._netns: list[str] | None = None
         log.warning(
             "local launcher: kernels run as this user on this machine; this is NOT a security "
@@ -182,6 +183,9 @@ class LocalLauncher:
             os.close(pidfd)
             code = proc.wait()
             self._procs.pop(key, None)
+            meter = self._meters.pop(key, None)
+            if meter is not None:
+                meter.close()
             info = ExitInfo(signal=-code) if code < 0 else ExitInfo(exit_code=code)
             if not exited.done():
                 exited.set_result(info)
@@ -224,7 +228,12 @@ class LocalLauncher:
                                       ) from exc
 
     async def meter(self, handle: KernelHandle) -> ProcMeter | None:
-        return ProcMeter(int(handle.ref)) if handle.ref in self._procs else None
+        if handle.ref not in self._procs:
+            return None
+        meter = self._meters.get(handle.ref)
+        if meter is None:
+            meter = self._meters[handle.ref] = ProcMeter(int(handle.ref))
+        return meter
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
         return []  # local kernels die with the gateway (parent-death signal)

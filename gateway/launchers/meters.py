@@ -4,12 +4,14 @@
 kernel pseudo-files (/proc, cgroupfs), microseconds each, on the event loop on purpose (a
 thread hop would cost more than the read). A figure that cannot be read is None.
 
-- ``ProcMeter`` (local launcher): the kernel process. CPU = its live threads' on-CPU time
-  (``/proc/<pid>/task/*/schedstat``, nanoseconds), unless utime+stime of all its threads
-  plus children it waited for (``/proc/<pid>/stat``, 1/CLK_TCK = 10 ms steps) is larger by
-  two steps or more (threads that ended, child processes): then that. Memory = peak resident
+- ``ProcMeter`` (local launcher): the kernel process. CPU = the process's CPU-time clock
+  (every thread, ended ones too, in nanoseconds: ``clock_gettime`` on the clock id
+  ``clock_getcpuclockid(pid)`` gives, no file read) plus the CPU of the children it waited for
+  (cutime+cstime of ``/proc/<pid>/stat``, 1/CLK_TCK = 10 ms steps). Memory = peak resident
   set size (``VmHWM``) of the kernel process alone (not its children), reset to the current
-  RSS at ``start()`` by writing 5 to ``/proc/<pid>/clear_refs``.
+  RSS at ``start()`` by writing 5 to ``/proc/<pid>/clear_refs``. Its /proc files stay open
+  between calls (``pread`` at offset 0 reads them afresh): a launcher keeps one meter per
+  kernel and closes it when the kernel exits.
 - ``CgroupMeter`` (Docker launcher): the container's cgroup, every process in it. CPU =
   ``cpuacct.usage`` (v1) or ``cpu.stat`` ``usage_usec`` (v2). Memory = the cgroup's peak
   charge, which includes page cache and the tmpfs files of ``/tmp`` and ``/work``:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,63 +47,89 @@ def _read_int(path: Path | str) -> int:
         return int(fh.read().split()[0])
 
 
+def _process_cpu_clock(pid: int) -> int:
+    """Linux's CPU-time clock id of process ``pid`` (``clock_getcpuclockid``, which Python
+    does not wrap): ``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``."""
+    return ((~pid) << 3) | 2
+
+
 class ProcMeter:
-    """One local kernel process (see the module docstring)."""
+    """One local kernel process (see the module docstring). ``close()`` when it is gone."""
 
     def __init__(self, pid: int) -> None:
-        self._proc = Path(f"/proc/{pid}")
-        self._cpu0: tuple[int, int] | None = None
+        self._pid = pid
+        self._clock = _process_cpu_clock(pid)
+        self._stat: int | None = None  # fds of /proc/<pid>/stat, status, clear_refs
+        self._status: int | None = None
+        self._clear_refs: int | None = None
+        self._cpu0: int | None = None
         self._rss0: int | None = None
         self._hwm0: int | None = None
         self._reset = False
 
-    def _cpu(self) -> tuple[int, int]:
-        """(sum of live threads' schedstat ns, ticks of the process and waited children)."""
-        fields = (self._proc / "stat").read_bytes().rsplit(b")", 1)[1].split()
-        ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-        threads = 0
-        for task in (self._proc / "task").iterdir():
-            with contextlib.suppress(OSError):  # a thread that just ended
-                threads += _read_int(task / "schedstat")
-        return threads, ticks * _TICK_NS
+    def _open(self) -> tuple[int, int]:
+        """The stat and status fds (opened once). Raises OSError."""
+        if self._stat is None or self._status is None:
+            self.close()
+            base = f"/proc/{self._pid}/"
+            self._stat = os.open(base + "stat", os.O_RDONLY | os.O_CLOEXEC)
+            self._status = os.open(base + "status", os.O_RDONLY | os.O_CLOEXEC)
+            with contextlib.suppress(OSError):  # (then the peak is not reset: a lower bound)
+                self._clear_refs = os.open(base + "clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        return self._stat, self._status
 
-    def _status_kb(self) -> tuple[int, int]:
+    def _cpu(self, stat_fd: int) -> int:
+        """CPU ns: the process's clock plus its waited-for children's ticks."""
+        threads = time.clock_gettime_ns(self._clock)
+        fields = os.pread(stat_fd, 4096, 0).rsplit(b")", 1)[1].split()
+        children = int(fields[13]) + int(fields[14])  # cutime cstime
+        return threads + children * _TICK_NS
+
+    @staticmethod
+    def _status_kb(status_fd: int) -> tuple[int, int]:
         """(VmHWM, VmRSS) in KiB."""
         found: dict[bytes, int] = {}
-        for line in (self._proc / "status").read_bytes().splitlines():
+        for line in os.pread(status_fd, 8192, 0).splitlines():
             if line.startswith((b"VmHWM:", b"VmRSS:")):
                 found[line[:5]] = int(line.split()[1])
         return found[b"VmHWM"], found[b"VmRSS"]
 
     def start(self) -> None:
         try:
-            self._cpu0 = self._cpu()
-            try:
-                (self._proc / "clear_refs").write_bytes(b"5")
-                self._reset = True
-            except OSError:
-                self._reset = False
-            self._hwm0, self._rss0 = self._status_kb()
+            stat_fd, status_fd = self._open()
+            self._cpu0 = self._cpu(stat_fd)
+            self._reset = False
+            if self._clear_refs is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._clear_refs, b"5")
+                    self._reset = True
+            # after a reset the peak at stop() is the call's own: no need to read it now
+            self._hwm0, self._rss0 = (0, 0) if self._reset else self._status_kb(status_fd)
         except (OSError, KeyError, ValueError, IndexError):
             self._cpu0 = None
 
     def stop(self) -> Usage:
-        if self._cpu0 is None or self._hwm0 is None or self._rss0 is None:
+        if self._cpu0 is None or self._hwm0 is None or self._rss0 is None \
+                or self._stat is None or self._status is None:
             return Usage()
         try:
-            threads, ticks = self._cpu()
-            hwm, rss = self._status_kb()
+            cpu_ns = max(self._cpu(self._stat) - self._cpu0, 0)
+            hwm, rss = self._status_kb(self._status)
         except (OSError, KeyError, ValueError, IndexError):
             return Usage()
-        cpu_ns = threads - self._cpu0[0]
-        if ticks - self._cpu0[1] >= cpu_ns + 2 * _TICK_NS:  # time of threads gone, children
-            cpu_ns = ticks - self._cpu0[1]
-        cpu_ns = max(cpu_ns, 0)
         if self._reset or hwm > self._hwm0:
             peak_kb = hwm
         else:
             peak_kb = max(self._rss0, rss)
         return Usage(cpu_ms=round(cpu_ns / 1e6, 3), memory_peak_mb=round(peak_kb / 1024, 1))
+
+    def close(self) -> None:
+        """Close the /proc files (idempotent; a later ``start()`` opens them again)."""
+        for fd in (self._stat, self._status, self._clear_refs):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._stat = self._status = self._clear_refs = None
 
 
 @dataclass(frozen=True)
