@@ -62,6 +62,7 @@ async def serve(settings: Settings, max_connections: int) -> None:
     log.info("shutting down")
     server.stop()
     await services.manager.close()
+    services.replicas.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from tornado.log import access_log
 from gateway.auth import Auth
 from gateway.handlers import files, jupyter, meta, rest, runs, ws
 from gateway.handlers.base import NotFoundHandler, Services
+from gateway.handlers.replica_client import ReplicaClient
 from gateway.launchers import make_launcher
 from gateway.metrics import Metrics
 from gateway.registry import make_registry
@@ -38,6 +39,7 @@ def build_services(settings: Settings) -> Services:
         launcher=launcher,
         registry=registry,
         metrics=metrics,
+        replicas=ReplicaClient(idle_s=settings.keepalive_timeout_s / 2),
     )
 
 

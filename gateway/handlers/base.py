@@ -10,10 +10,11 @@ from http.client import responses
 from typing import Any, TypeVar
 
 import pydantic
-from tornado import httpclient, web
+from tornado import web
 
 from gateway import errors
 from gateway.auth import Auth
+from gateway.handlers.replica_client import ReplicaClient
 from gateway.launchers import Launcher
 from gateway.metrics import Metrics
 from gateway.models import ErrorBody, ErrorDetail
@@ -50,6 +51,7 @@ class Services:
     launcher: Launcher
     registry: Registry
     metrics: Metrics
+    replicas: ReplicaClient  # forwarded REST calls, on keep-alive connections
 
 
 def validation_error(exc: pydantic.ValidationError) -> errors.GatewayError:
@@ -247,18 +249,11 @@ class ApiHandler(GatewayHandler):
             if name in self.request.headers:
                 headers[name] = self.request.headers[name]
         body = b"".join(self._chunks) if self.request.method == "POST" else None
-        try:
-            response = await httpclient.AsyncHTTPClient().fetch(
-                base_url + self.request.uri, method=self.request.method, headers=headers,
-                body=body, raise_error=False, allow_nonstandard_methods=True,
-                request_timeout=forward_timeout_s(settings),
-            )
-        except ConnectionRefusedError as exc:  # it never saw the call: safe to try again
-            raise errors.OwnerDown("the gateway that owns this session is down") from exc
-        except (OSError, httpclient.HTTPClientError) as exc:  # (timeouts, connection lost)
-            # it may have run the call: never replayed, the client hears what happened
-            raise errors.OwnerUnreachable(
-                f"the gateway that owns this session cannot be reached: {exc}") from exc
+        # OwnerDown (refused: it never saw the call, tried elsewhere) or OwnerUnreachable (it
+        # may have run the call: never replayed, the client hears what happened)
+        response = await self.services.replicas.fetch(
+            base_url, self.request.method or "GET", self.request.uri or "/", headers, body,
+            forward_timeout_s(settings))
         self.set_status(response.code)
         for name in ("Content-Type", "Location", "Retry-After"):
             if name in response.headers:
