@@ -6,7 +6,10 @@ here; each watcher of the session gets them in ``seq`` order, and a reconnecting
 for what it missed with ``since``. Memory is bounded twice: the log keeps at most
 ``max_events`` events and ``max_bytes`` of payload, and one event carries at most
 ``max_event_bytes`` (the rest is cut and the event says ``truncated``), all measured the one
-way ``gateway.bounds`` measures output.
+way ``gateway.bounds`` measures output. What the log charges for an event is its size as the
+publisher knows it cheaply (kernel output: the length of the message's content part, capped
+at the event bound; a cell's result: the length of its JSON), else measured with
+``bounds.json_size``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def close_for(event: Event) -> tuple[int, str] | None:
         return CLOSE_SESSION_GONE, "session closed"
     return None
 
+EVENT_OVERHEAD = 128  # bytes charged per event besides its payload (type, id, seq, keys)
 _IOPUB_TYPES = {"stream", "display_data", "execute_result", "error", "clear_output",
                 "update_display_data"}
 TOO_LARGE = {"text/plain": "<output too large to stream>"}
@@ -111,11 +115,13 @@ class EventLog:
         self._bytes = 0
         self._subscribers: list[Subscriber] = []
 
-    def publish(self, event: Event) -> Event:
-        """Number ``event``, keep it for replay, and hand it to every subscriber."""
+    def publish(self, event: Event, size: int | None = None) -> Event:
+        """Number ``event``, keep it for replay (charged ``size`` bytes, measured when not
+        given), and hand it to every subscriber."""
         self.seq += 1
         event["seq"] = self.seq
-        size = json_size(event)
+        if size is None:
+            size = json_size(event)
         self._log.append((event, size))
         self._bytes += size
         while self._log and (len(self._log) > self.max_events or self._bytes > self.max_bytes):

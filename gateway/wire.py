@@ -57,8 +57,9 @@ class WireCodec:
 
     def decode(self, frames: list[bytes]) -> Message:
         """The message in ``frames`` (routing identities first, as ZMQ hands them over),
-        with ``size``: the bytes of its parts. Raises ValueError (Rejected with a reason for
-        messages that are well signed but refused)."""
+        with ``content_bytes``: the length of its content part (what an event made of it
+        is sized by). Raises ValueError (Rejected with a reason for messages that are well
+        signed but refused)."""
         try:
             start = frames.index(DELIMITER) + 1
         except ValueError:
@@ -93,7 +94,7 @@ class WireCodec:
             "metadata": metadata,
             "content": content,
             "buffers": parts[5:],
-            "size": size,
+            "content_bytes": len(parts[4]),
         }
 
     def encode(self, msg: Message) -> list[bytes]:

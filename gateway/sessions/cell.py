@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway import entrypoint, errors
 from gateway.errors import KernelDied
-from gateway.events import event_from_iopub
+from gateway.events import EVENT_OVERHEAD, event_from_iopub
 from gateway.kernel import KernelConnection, Message, Route
 from gateway.launchers import ExitInfo
 from gateway.launchers.meters import Usage
@@ -122,12 +122,15 @@ class CellRunner:
                 outputs=collector.outputs, error=collector.error, truncated=collector.truncated,
                 result=value, **common)
             dumped = result.model_dump(mode="json")
+            size = len(result.model_dump_json())
         except ValueError:  # never expected (output is sanitised); the result must still go out
             log.exception("cell result could not be encoded session_id=%s", session.id)
             result = ExecuteResult(status=ExecuteStatus.error, truncated=True, error=ErrorInfo(
                 ename="OutputError", evalue="the cell's output could not be encoded"), **common)
             dumped = result.model_dump(mode="json")
-        session.events.publish({"type": "result", "id": cell.request_id, "result": dumped})
+            size = None
+        session.events.publish({"type": "result", "id": cell.request_id, "result": dumped},
+                               size if size is None else size + EVENT_OVERHEAD)
         self._metrics.executes.labels(result.status.value).inc()
         self._metrics.execute_seconds.observe(result.duration_ms / 1000)
         return result
@@ -159,7 +162,9 @@ class CellRunner:
                 event = event_from_iopub(msg_type, content, max_event_bytes)
                 if event is not None:
                     event["id"] = rid
-                    publish(event)
+                    # charged what the kernel sent (cleaning and cutting only shrink it)
+                    publish(event, min(msg.get("content_bytes", max_event_bytes),
+                                       max_event_bytes) + EVENT_OVERHEAD)
             elif channel == "stdin" and cell.reply_to is not None:
                 cell.reply_to(channel, msg)
             elif channel == "stdin" and msg_type == "input_request":
