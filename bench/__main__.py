@@ -35,7 +35,7 @@ from bench.kernel_gateway import (
 )
 from bench.procs import ProcessTracker, loadavg
 from bench.raw import RawTarget
-from bench.report import JUP, KG, derive, table, write_json
+from bench.report import JUP, KG, RAW_GW, derive, table, write_json
 from bench.sections import gateway_settings, log
 from bench.target import Target
 from bench.v1_ws import V1WsTarget
@@ -139,6 +139,8 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     raw = RawTarget(tracker)
+    # the gateway's own kernel (its boot shim), read raw: the gateway's overhead alone
+    raw_gw = RawTarget(tracker, lift_iopub_hwm=True, name=RAW_GW)
     raw_stream = RawTarget(tracker, lift_iopub_hwm=True)  # the gateway's kernel, read raw
     gw: GatewayProcess | None = None
     kg: KernelGatewayProcess | None = None
@@ -149,11 +151,13 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         kg = await _start_stock(config, tracker, results)
         stock: list[Target] = [] if kg is None else [JupyterTarget(KG, kg.port, kg.token, kg.pid)]
         every = ours + stock
-        await _section(results, "latency", sections.latency_section(config, results, ours))
+        await _section(results, "latency",
+                       sections.latency_section(config, results, [*ours, raw_gw]))
         for target in stock:
             await _section(results, "kg_latency",
                            sections.kg_latency_section(config, results, target))
-        await _section(results, "throughput", sections.throughput_section(config, results, every))
+        await _section(results, "throughput",
+                       sections.throughput_section(config, results, [*every, raw_gw]))
         await _section(results, "stream", sections.stream_section(
             config, results, [raw_stream if t is raw else t for t in every]))
         await _section(results, "session_start", sections.start_section(config, results, every))
@@ -165,6 +169,7 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         if gw is not None:
             await stop_gateway(tracker, gw)
         raw.close()
+        raw_gw.close()
         raw_stream.close()
     await _section(results, "pool_start", sections.pool_start_section(config, results, tracker))
     await _section(results, "client_sdk", client_sdk.client_sdk_section(config, results, tracker))

@@ -25,22 +25,28 @@ from jupyter_client.manager import AsyncKernelManager
 
 from bench.procs import ProcessTracker
 from bench.target import CALL_TIMEOUT_S, BenchError, ExecOutput
+from gateway.launchers import policy_env
+from gateway.settings import Settings
 
 KERNEL_NAME = "bench-python"
 KERNEL_BOOT = Path(__file__).resolve().parent.parent / "gateway" / "kernel_boot.py"
 START_TIMEOUT_S = 60.0
 
 
-def _kernel_env(home: Path) -> dict[str, str]:
-    """The environment the gateway's local launcher gives a kernel."""
+def _kernel_env(home: Path, gateway_kernel: bool) -> dict[str, str]:
+    """The environment the gateway's local launcher gives a kernel (with ``gateway_kernel``,
+    also the kernel policy its boot shim reads, as a default-settings gateway sets it)."""
     python_dir = str(Path(sys.executable).parent)
-    return {
+    env = {
         "PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "PYTHONNOUSERSITE": "1",
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
     }
+    if gateway_kernel:
+        env.update(policy_env(Settings()))
+    return env
 
 
 class RawKernel:
@@ -123,14 +129,16 @@ class RawKernel:
 class RawTarget:
     """Starts RawKernels; ``close`` removes the kernelspec and socket directory."""
 
-    name = "raw"
     server_pid: int | None = None
 
-    def __init__(self, tracker: ProcessTracker, lift_iopub_hwm: bool = False) -> None:
+    def __init__(self, tracker: ProcessTracker, lift_iopub_hwm: bool = False,
+                 name: str = "raw") -> None:
         """``lift_iopub_hwm``: run the kernel through the gateway's ``kernel_boot.py`` shim, as
-        its local launcher does (iopub's send high-water mark lifted), instead of
-        ``ipykernel_launcher``: stock ipykernel drops iopub messages beyond 1000 queued, so a
-        flushed-print stream read by a slower client loses lines."""
+        its local launcher does (iopub's send high-water mark lifted, the kernel configured
+        as the gateway configures its own), instead of stock ``ipykernel_launcher``: stock
+        ipykernel drops iopub messages beyond 1000 queued, so a flushed-print stream read by
+        a slower client loses lines."""
+        self.name = name
         self._tracker = tracker
         self.lift_iopub_hwm = lift_iopub_hwm
         # short on purpose: ipc socket paths must stay under 107 bytes
@@ -151,7 +159,7 @@ class RawTarget:
         km = AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=self._specs,
                                 transport="ipc", ip=str(self._dir / f"k{tag}"),
                                 connection_file=str(self._dir / f"k{tag}.json"))
-        await km.start_kernel(env=_kernel_env(workdir), cwd=str(workdir))
+        await km.start_kernel(env=_kernel_env(workdir, self.lift_iopub_hwm), cwd=str(workdir))
         kernel = RawKernel(km, workdir)
         if kernel.pid is not None:
             self._tracker.adopt(kernel.pid)

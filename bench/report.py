@@ -12,6 +12,7 @@ from bench.stats import ratio
 
 REST, RAW, JUP, KG = "gateway_rest", "raw", "gateway_jupyter", "kernel_gateway"
 V1 = "gateway_v1_ws"
+RAW_GW = "raw_gateway_kernel"  # jupyter_client straight to the gateway's own (shim) kernel
 DOCKER, DOCKER_LOCAL = "docker_rest", "local_rest"  # the docker section's two gateways
 # the replicas section: sessions created on replica A, called on A (direct) or through B
 REPLICA_REST_DIRECT, REPLICA_REST_FORWARDED = "replica_rest_direct", "replica_rest_forwarded"
@@ -38,6 +39,13 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
         r[f"latency_{q}_rest_vs_raw"] = ratio(_get(lat, REST, q), _get(lat, RAW, q))
         r[f"latency_{q}_v1ws_vs_raw"] = ratio(_get(lat, V1, q), _get(lat, RAW, q))
         r[f"latency_{q}_jupyter_vs_raw"] = ratio(_get(lat, JUP, q), _get(lat, RAW, q))
+    for q in ("p50", "p99"):
+        # the two halves: the gateway's overhead (same kernel) and its kernel's (same client)
+        for name, key in FRONT_DOORS[:3]:
+            r[f"latency_{q}_{key}_vs_raw_gateway_kernel"] = ratio(_get(lat, name, q),
+                                                                  _get(lat, RAW_GW, q))
+        r[f"latency_{q}_raw_gateway_kernel_vs_raw"] = ratio(_get(lat, RAW_GW, q),
+                                                            _get(lat, RAW, q))
     r["latency_p50_kg_vs_rest"] = ratio(_get(lat, KG, "p50"), _get(lat, REST, "p50"))
     r["latency_p99_kg_vs_rest"] = ratio(_get(lat, KG, "p99"), _get(lat, REST, "p99"))
     r["latency_p50_kg_vs_jupyter"] = ratio(_get(lat, KG, "p50"), _get(lat, JUP, "p50"))
@@ -52,6 +60,10 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
         for name, key in FRONT_DOORS:
             r[f"throughput_{n}_{key}_vs_raw"] = ratio(
                 _get(tput, name, n, "calls_per_s"), _get(tput, RAW, n, "calls_per_s"))
+        r[f"throughput_{n}_rest_vs_raw_gateway_kernel"] = ratio(
+            _get(tput, REST, n, "calls_per_s"), _get(tput, RAW_GW, n, "calls_per_s"))
+        r[f"throughput_{n}_raw_gateway_kernel_vs_raw"] = ratio(
+            _get(tput, RAW_GW, n, "calls_per_s"), _get(tput, RAW, n, "calls_per_s"))
     start = results.get("session_start", {})
     raw_start = _get(start, RAW, "first_result_ms", "p50")
     r["start_p50_rest_vs_raw"] = ratio(_get(start, REST, "first_result_ms", "p50"), raw_start)
@@ -95,7 +107,7 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
                                             _get(dmem, DOCKER_LOCAL, "kernel_kb", "uss_median"))
     rlat = _get(results, "replicas", "latency") or {}
     for key, forwarded, direct, _ in REPLICA_PAIRS:
-        for q in ("p50", "p90"):
+        for q in ("p50", "p90", "p99"):
             r[f"replicas_{q}_{key}_forwarded_vs_direct"] = ratio(_get(rlat, forwarded, q),
                                                                  _get(rlat, direct, q))
         r[f"replicas_server_cpu_{key}_forwarder_vs_owner"] = ratio(
@@ -105,9 +117,14 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
                                                          _get(lat, REST, "p50"))
     top = max(results.get("config", {}).get("concurrency", [0]) or [0])
     targets = [
-        _target("REST execute p50 <= 1.1x raw", r["latency_p50_rest_vs_raw"], "<=", 1.1),
-        _target(f"REST throughput at {top} sessions >= 0.9x raw",
-                r.get(f"throughput_{top}_rest_vs_raw"), ">=", 0.9),
+        *(_target(f"{label} execute p50 <= 0.7x raw (stock kernel)",
+                  r[f"latency_p50_{key}_vs_raw"], "<=", 0.7) for label, key in _GOAL_DOORS),
+        *(_target(f"{label} execute p99 <= 1.2x raw (stock kernel)",
+                  r[f"latency_p99_{key}_vs_raw"], "<=", 1.2) for label, key in _GOAL_DOORS),
+        _target(f"REST throughput at {top} sessions >= 1.5x raw",
+                r.get(f"throughput_{top}_rest_vs_raw"), ">=", 1.5),
+        _target("forwarded REST p50 <= 1.1x a direct call",
+                r["replicas_p50_rest_forwarded_vs_direct"], "<=", 1.1),
         _target("stock KG p50 >= 10x REST p50", r["latency_p50_kg_vs_rest"], ">=", 10.0),
         _target("stock KG p50 >= 10x our Jupyter API p50", r["latency_p50_kg_vs_jupyter"],
                 ">=", 10.0),
@@ -126,6 +143,49 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
             targets.append({"target": f"{name}: 100% of {stream[name]['lines']} lines delivered",
                             "value": stream[name]["delivered"], "met": bool(complete)})
     return r, targets
+
+
+_GOAL_DOORS = (("REST", "rest"), ("/v1 WS", "v1ws"), ("Jupyter", "jupyter"))
+
+
+def _headline_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """The speed goals' ratios first: each front door against raw jupyter_client on a stock
+    kernel, split into the gateway's half (vs raw on the gateway's own kernel) and the
+    kernel's half; throughput at the top concurrency; a forwarded call vs a direct one."""
+    lat, tput = results.get("latency", {}), results.get("throughput", {})
+    rows: list[tuple[str, Any, Any, Any]] = []
+    for q in ("p50", "p99"):
+        for name in (REST, V1, JUP):
+            v, ref = _get(lat, name, q), _get(lat, RAW, q)
+            if v is not None:
+                rows.append((f"* execute {q} ms: {name} vs raw", v, ref, ratio(v, ref)))
+        for name in (REST, V1, JUP):
+            v, ref = _get(lat, name, q), _get(lat, RAW_GW, q)
+            if v is not None and ref is not None:
+                rows.append((f"* execute {q} ms: {name} vs raw on the gateway's kernel", v, ref,
+                             ratio(v, ref)))
+        v, ref = _get(lat, RAW_GW, q), _get(lat, RAW, q)
+        if v is not None:
+            rows.append((f"* execute {q} ms: raw on the gateway's kernel vs raw", v, ref,
+                         ratio(v, ref)))
+    top = max(results.get("config", {}).get("concurrency", [0]) or [0])
+    ref = _get(tput, RAW, top, "calls_per_s")
+    for name in (REST, V1, JUP, RAW_GW):
+        v = _get(tput, name, top, "calls_per_s")
+        if v is not None:
+            rows.append((f"* calls/s at {top}: {name} vs raw", v, ref, ratio(v, ref)))
+    rlat = _get(results, "replicas", "latency") or {}
+    for q in ("p50", "p99"):
+        v, ref = _get(rlat, REPLICA_REST_FORWARDED, q), _get(rlat, REPLICA_REST_DIRECT, q)
+        if v is not None:
+            rows.append((f"* replica execute {q} ms: REST forwarded vs direct", v, ref,
+                         ratio(v, ref)))
+    for name in (REST, V1, JUP):
+        v, ref = (_get(lat, name, "server_cpu_ms_per_call"),
+                  _get(lat, RAW, "client_cpu_ms_per_call"))
+        if v is not None:
+            rows.append((f"* gateway CPU ms/call: {name} vs raw client", v, ref, ratio(v, ref)))
+    return rows
 
 
 def _docker_rows(dk: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
@@ -173,7 +233,7 @@ def _replicas_rows(rp: dict[str, Any], lat: dict[str, Any]) -> list[tuple[str, A
     rlat = rp.get("latency", {})
     rows: list[tuple[str, Any, Any, Any]] = []
     for _, forwarded, direct, label in REPLICA_PAIRS:
-        for q in ("p50", "p90"):
+        for q in ("p50", "p90", "p99"):
             v, ref = _get(rlat, forwarded, q), _get(rlat, direct, q)
             if v is not None:
                 rows.append((f"replica execute {q} ms: {label} vs direct", v, ref,
@@ -231,6 +291,7 @@ def table(results: dict[str, Any]) -> str:
     lat, tput = results.get("latency", {}), results.get("throughput", {})
     start, mem = results.get("session_start", {}), results.get("memory", {})
     rows: list[tuple[str, Any, Any, Any]] = [("figure", "value", "reference", "ratio")]
+    rows.extend(_headline_rows(results))
     for name in (REST, V1, JUP, KG):
         if _get(lat, name, "skipped"):
             rows.append((f"execute {name}", "skipped", "", ""))
@@ -245,7 +306,7 @@ def table(results: dict[str, Any]) -> str:
             rows.append((f"execute {q} ms: stock KG vs REST", v, ref, ratio(v, ref)))
     for n in results.get("config", {}).get("concurrency", []):
         ref = _get(tput, RAW, n, "calls_per_s")
-        for name in (REST, V1, JUP, KG):
+        for name in (REST, V1, JUP, KG, RAW_GW):
             v = _get(tput, name, n, "calls_per_s")
             if v is not None:
                 rows.append((f"calls/s at {n}: {name} vs raw", v, ref, ratio(v, ref)))
@@ -262,7 +323,7 @@ def table(results: dict[str, Any]) -> str:
         if v is not None:
             rows.append((f"server RSS KiB/session: {name} vs REST", v, ref, ratio(v, ref)))
     ref = _get(lat, RAW, "client_cpu_ms_per_call")
-    for name in (REST, V1, KG):
+    for name in (REST, V1, JUP, KG):
         v = _get(lat, name, "server_cpu_ms_per_call")
         if v is not None:
             rows.append((f"server CPU ms/call: {name} vs raw client", v, ref, ratio(v, ref)))
