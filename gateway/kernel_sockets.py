@@ -3,10 +3,10 @@
 Each socket's file descriptor is registered with the loop once; each wake-up drains what is
 ready with non-blocking receives — no future and no task per message (``zmq.asyncio`` makes
 a future, arms and disarms the descriptor, and does pyzmq's enum flag arithmetic for every
-message). ZMQ's descriptor is edge-triggered: ``zmq.EVENTS`` is read again after every
-receive and after every send (a send processes ZMQ's commands and can consume the edge of a
-message that arrived meanwhile), and a busy socket yields to other work every
-``DRAIN_BATCH`` messages. Sends never block: while ZMQ's queue towards the kernel is full
+message). ZMQ's descriptor is edge-triggered: a socket is read until ZMQ says EAGAIN, and
+read again after every send (a send processes ZMQ's commands and can consume the edge of a
+message that arrived meanwhile); a busy socket yields to other work every ``DRAIN_BATCH``
+messages. Sends never block: while ZMQ's queue towards the kernel is full
 (the kernel does not read) messages wait here, bounded, and go once there is room.
 """
 
@@ -28,9 +28,7 @@ MAX_QUEUED_SENDS = 10_000  # per socket while the kernel does not read; more are
 # plain ints: pyzmq's enum flags cost an enum operation on every use
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
-_RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 
 
@@ -87,29 +85,35 @@ class KernelSockets:
 
     def _drain(self, channel: str) -> None:
         """Read what ``channel`` holds (at most DRAIN_BATCH messages, then a turn for other
-        work) and send what waited for room; the loop calls it when the descriptor signals."""
+        work) and send what waited for room; the loop calls it when the descriptor signals.
+
+        Reading goes on until ZMQ answers EAGAIN: a receive that finds nothing processes
+        the socket's pending commands, which re-arms the edge-triggered descriptor (as
+        reading ``zmq.EVENTS`` would, at the cost of an enum construction per call in
+        pyzmq). Frames are received without copy and copied out once, their ``more`` flag
+        read from the frame (``RCVMORE`` would be one more option lookup per frame).
+        """
         self._drain_soon.discard(channel)
         sock = self._sockets.get(channel)
         if sock is None:
             return
-        recv, get = sock.recv, sock.get
-        for _ in range(DRAIN_BATCH):
-            try:
-                events = int(get(_EVENTS))  # also re-arms the edge-triggered descriptor
-                if events & _POLLOUT and self._unsent.get(channel):
-                    self._flush(channel, sock)
-                if not events & _POLLIN:
+        recv = sock.recv
+        try:
+            if self._unsent.get(channel) and int(sock.get(_EVENTS)) & _POLLOUT:
+                self._flush(channel, sock)
+            for _ in range(DRAIN_BATCH):
+                frame = recv(_NOBLOCK, copy=False)
+                frames = [frame.bytes]
+                while frame.more:
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
+                self._on_frames(channel, frames)
+                if channel not in self._sockets:  # closed by whoever got the message
                     return
-                frames = [recv(_NOBLOCK)]
-                while get(_RCVMORE):
-                    frames.append(recv(_NOBLOCK))
-            except zmq.Again:
-                continue
-            except zmq.ZMQError:  # closed meanwhile
-                return
-            self._on_frames(channel, frames)
-            if channel not in self._sockets:  # closed by whoever got the message
-                return
+        except zmq.Again:
+            return  # drained: the descriptor signals again when something new arrives
+        except zmq.ZMQError:  # closed meanwhile
+            return
         self._schedule_drain(channel)
 
     # ----------------------------------------------------------------- sending
