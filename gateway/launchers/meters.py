@@ -47,6 +47,12 @@ def _read_int(path: Path | str) -> int:
         return int(fh.read().split()[0])
 
 
+def _field_kb(status: bytes, name: bytes) -> int:
+    """The number after ``name`` in a /proc status file (``kB`` values). Raises ValueError."""
+    start = status.index(name) + len(name)
+    return int(status[start:status.index(b"kB", start)])
+
+
 def _process_cpu_clock(pid: int) -> int:
     """Linux's CPU-time clock id of process ``pid`` (``clock_getcpuclockid``, which Python
     does not wrap): ``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``."""
@@ -87,12 +93,9 @@ class ProcMeter:
 
     @staticmethod
     def _status_kb(status_fd: int) -> tuple[int, int]:
-        """(VmHWM, VmRSS) in KiB."""
-        found: dict[bytes, int] = {}
-        for line in os.pread(status_fd, 8192, 0).splitlines():
-            if line.startswith((b"VmHWM:", b"VmRSS:")):
-                found[line[:5]] = int(line.split()[1])
-        return found[b"VmHWM"], found[b"VmRSS"]
+        """(VmHWM, VmRSS) in KiB. Raises ValueError when the file lacks them."""
+        status = os.pread(status_fd, 8192, 0)
+        return _field_kb(status, b"\nVmHWM:"), _field_kb(status, b"\nVmRSS:")
 
     def start(self) -> None:
         try:

@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.events import EventLog
+from gateway.events import EVENT_OVERHEAD, EventLog
 from gateway.jupyter_watchers import KernelWatchers
 from gateway.kernel import Message
 from gateway.launchers import ExitInfo
@@ -25,6 +25,7 @@ from gateway.sessions.queue import CellQueue
 log = logging.getLogger(__name__)
 
 S = SessionState
+STATUS_EVENT_BYTES = EVENT_OVERHEAD  # a status event: a state name and a generation
 ALLOWED: dict[SessionState, frozenset[SessionState]] = {
     S.starting: frozenset({S.idle, S.dead, S.closed}),
     S.idle: frozenset({S.busy, S.restarting, S.dead, S.closed}),
@@ -85,7 +86,7 @@ class Session:
             raise IllegalTransition(f"session {self.id!r}: {self.state.value} -> {state.value}")
         self.state = state
         self.events.publish({"type": "status", "state": state.value,
-                             "generation": self.generation})
+                             "generation": self.generation}, STATUS_EVENT_BYTES)
 
     def kernel_exited(self, info: ExitInfo) -> None:
         """Its kernel died on its own (crash, ``os._exit``, OOM): the next call restarts it."""
