@@ -76,7 +76,17 @@ def _loads(data: str | bytes) -> Any:
 
 # ---------------------------------------------------------------- kernel → client
 def to_legacy(msg: Message, channel: str) -> str | bytes:
-    """One message in the legacy protocol: a text frame, or a binary frame if it has buffers."""
+    """One message in the legacy protocol: a text frame, or a binary frame if it has buffers.
+    A kernel's message goes out with its JSON parts as the kernel sent them (``wire``, set by
+    ``gateway.wire`` when they are valid UTF-8 JSON), others are encoded here."""
+    buffers = [bytes(b) for b in msg.get("buffers") or []]
+    wire = msg.get("wire")
+    if wire is not None:
+        text = b'{"header": %b, "parent_header": %b, "metadata": %b, "content": %b, ' \
+               b'"msg_id": %b, "msg_type": %b, "channel": %b}' % (
+                   *wire, _dumps(msg["header"].get("msg_id")),
+                   _dumps(msg["header"].get("msg_type")), _dumps(channel))
+        return text.decode() if not buffers else _legacy_binary([text, *buffers])
     body = {
         "header": msg["header"],
         "parent_header": msg["parent_header"],
@@ -86,10 +96,12 @@ def to_legacy(msg: Message, channel: str) -> str | bytes:
         "msg_type": msg["header"].get("msg_type"),
         "channel": channel,
     }
-    buffers = [bytes(b) for b in msg.get("buffers") or []]
     if not buffers:
         return _dumps(body).decode()
-    parts = [_dumps(body), *buffers]
+    return _legacy_binary([_dumps(body), *buffers])
+
+
+def _legacy_binary(parts: list[bytes]) -> bytes:
     offsets = [4 * (len(parts) + 1)]
     for part in parts[:-1]:
         offsets.append(offsets[-1] + len(part))
@@ -97,10 +109,13 @@ def to_legacy(msg: Message, channel: str) -> str | bytes:
 
 
 def to_v1(msg: Message, channel: str) -> bytes:
-    """One message as a v1.kernel.websocket.jupyter.org binary frame."""
-    parts = [channel.encode(), _dumps(msg["header"]), _dumps(msg["parent_header"]),
-             _dumps(msg["metadata"]), _dumps(msg["content"]),
-             *(bytes(b) for b in msg.get("buffers") or [])]
+    """One message as a v1.kernel.websocket.jupyter.org binary frame (a kernel's JSON parts
+    as it sent them, see ``to_legacy``)."""
+    wire = msg.get("wire")
+    json_parts = wire if wire is not None else [
+        _dumps(msg["header"]), _dumps(msg["parent_header"]), _dumps(msg["metadata"]),
+        _dumps(msg["content"])]
+    parts = [channel.encode(), *json_parts, *(bytes(b) for b in msg.get("buffers") or [])]
     offsets = [8 * (len(parts) + 2)]
     for part in parts:
         offsets.append(offsets[-1] + len(part))

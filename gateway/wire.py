@@ -7,7 +7,9 @@ dropped, and only what JSON decoding alone cannot promise is checked by hand. De
 receive path's hot spot (five messages per ``1+1``), so it is lean: no date parsing of headers
 (``Session.deserialize`` does that; the gateway never reads those dates), one
 ``raw_decode`` per part, and the depth walk only for parts with enough brackets to nest that
-deep. Encoding uses jupyter_client's packer, as every kernel client does.
+deep. A decoded message keeps its parts' bytes (``wire``) so that a Jupyter client gets
+them as they came, without encoding them again. Encoding uses jupyter_client's packer, as
+every kernel client does.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ class Rejected(ValueError):
     """A kernel message the gateway will not process (``args[0]``: the reason, a label)."""
 
 
-def _part(data: bytes) -> Any:
-    """One JSON part (what ``json.loads`` accepts of UTF-8 input). Raises ValueError."""
-    text = data.decode("utf-8", "surrogatepass")
+def _json(text: str) -> Any:
+    """One JSON part (what ``json.loads`` accepts). Raises ValueError."""
     value, end = _decoder.raw_decode(text)
     if end != len(text) and text[end:].strip(_SPACE):
         raise ValueError("extra data after a JSON part")
@@ -76,7 +77,14 @@ class WireCodec:
                 mac.update(part)
             if not hmac.compare_digest(parts[0], mac.hexdigest().encode()):
                 raise ValueError("invalid signature")
-        header, parent, metadata, content = (_part(p) for p in parts[1:5])
+        values, exact = [], True  # exact: every part is valid UTF-8 (not only JSON-decodable)
+        for part in parts[1:5]:
+            try:
+                text = part.decode("utf-8")
+            except UnicodeDecodeError:  # (encoded lone surrogates: json.loads takes them)
+                text, exact = part.decode("utf-8", "surrogatepass"), False
+            values.append(_json(text))
+        header, parent, metadata, content = values
         if type(header) is not dict or type(parent) is not dict or \
                 type(metadata) is not dict or type(content) is not dict:
             raise Rejected("malformed")
@@ -95,6 +103,9 @@ class WireCodec:
             "content": content,
             "buffers": parts[5:],
             "content_bytes": len(parts[4]),
+            # the four JSON parts as the kernel sent them, for Jupyter clients (jupyter.py),
+            # when they are valid UTF-8 JSON: checked above, and never changed afterwards
+            "wire": parts[1:5] if exact else None,
         }
 
     def encode(self, msg: Message) -> list[bytes]:
