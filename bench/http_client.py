@@ -45,7 +45,11 @@ class HttpConnection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._reader is None or self._writer is None or self._writer.is_closing():
+        # a connection the server closed while it was idle (its keep-alive timeout: a
+        # section that opens many kernels first can take longer) has seen EOF: a new one
+        if self._reader is None or self._writer is None or self._writer.is_closing() \
+                or self._reader.at_eof():
+            await self.close()
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         return self._reader, self._writer
 
