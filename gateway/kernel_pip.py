@@ -157,8 +157,9 @@ def uninstall(args: list[str]) -> None:
         if dist is None:
             print(f"WARNING: Skipping {name} as it is not installed in this session.")
             continue
+        label = f"{dist.metadata['Name']}-{dist.version}"  # (read before its files go)
         _remove(dist, root)
-        print(f"Successfully uninstalled {dist.metadata['Name']}-{dist.version}")
+        print(f"Successfully uninstalled {label}")
     importlib.invalidate_caches()
 
 
