@@ -26,6 +26,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     shutil.rmtree(gateway.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
 
 
+@pytest.mark.timeout(600)  # 21 operations, each with real kernels: ~160 s on a loaded 2-core VM
 def test_every_operation_conforms_to_the_openapi_document(api: Gateway) -> None:
     """Every check schemathesis has, every phase (examples, coverage: boundary values and
     undeclared methods, fuzzing, stateful), bounded examples, with the API key."""

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import logging
+import marshal
 import os
 import re
 import sys
@@ -75,18 +77,33 @@ class WheelCache:
         """The gateway's own pip as a zip a sandbox runs (``python pip.zip/pip``). Blocking."""
         import pip
 
-        target = self.root / f"pip-{pip.__version__}.zip"
+        tag = sys.implementation.cache_tag
+        target = self.root / f"pip-{pip.__version__}-{tag}.zip"
         if target.exists():
             return target
         source = Path(pip.__file__).parent
         partial = target.with_suffix(f".{os.getpid()}.part")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in sorted(source.rglob("*")):
-                if path.is_file() and "__pycache__" not in path.parts:
-                    zf.write(path, Path("pip") / path.relative_to(source))
+                if not path.is_file() or "__pycache__" in path.parts:
+                    continue
+                name = Path("pip") / path.relative_to(source)
+                zf.write(path, name)
+                if path.suffix == ".py":  # zipimport cannot cache bytecode: ship it (used by
+                    # a sandbox interpreter of this version; another one compiles the source)
+                    zf.writestr(str(name.with_suffix(".pyc")), _bytecode(path, str(name)))
         os.chmod(partial, 0o644)
         os.replace(partial, target)
         return target
+
+
+def _bytecode(path: Path, name: str) -> bytes:
+    """``path`` compiled, as an unchecked hash-based .pyc (zipimport then skips the check)."""
+    source = path.read_bytes()
+    code = compile(source, name, "exec", dont_inherit=True)
+    flags = (1).to_bytes(4, "little")  # hash-based, unchecked
+    return (importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(source)
+            + marshal.dumps(code))
 
 
 @dataclass
