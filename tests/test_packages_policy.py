@@ -5,6 +5,8 @@ the per-job timeout. One local gateway per policy; no index is ever reached."""
 from __future__ import annotations
 
 import secrets
+import socket
+import subprocess
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from gateway import errors
 from gateway.packages import requirements
 from gateway.settings import Settings
+from tests.conftest import wait_until
 from tests.test_packages import install, package_settings
 from tests.wheels import build_index
 
@@ -112,3 +115,25 @@ def test_a_job_past_its_timeout_fails_and_says_so(gateway_factory: Any,
     job = install(gw, sid, "egw-tiny")
     assert job["status"] == "failed" and "timed out after" in job["error"], job
     assert gw.execute(sid, "1 + 1")["status"] == "ok"
+
+
+def test_jobs_queue_one_at_a_time_and_a_delete_cancels_them(gateway_factory: Any,
+                                                             index: dict[str, Any]) -> None:
+    """A find-links server that accepts and never answers keeps the first job downloading."""
+    with socket.socket() as stall:
+        stall.bind(("127.0.0.1", 0))
+        stall.listen(16)
+        url = f"http://127.0.0.1:{stall.getsockname()[1]}/"
+        gw = gateway_factory(pool_size=0, package_index_url="",
+                             package_find_links=f'["{index["dir"]}", "{url}"]')
+        sid = f"c-{secrets.token_hex(3)}"
+        assert gw.http.post("/v1/sessions", json={"session_id": sid}).status_code == 201
+        first = gw.http.post(f"/v1/sessions/{sid}/packages", json={"packages": ["egw-tiny"]})
+        second = gw.http.post(f"/v1/sessions/{sid}/packages", json={"packages": ["egw-base"]})
+        wait_until(lambda: gw.http.get(first.json()["status_url"]).json()["status"] == "running")
+        assert gw.http.get(second.json()["status_url"]).json()["status"] == "queued"
+        assert gw.http.delete(f"/v1/sessions/{sid}").status_code == 204
+        wait_until(lambda: gw.log().count(f"package job ended session_id={sid} ") == 2, 30)
+        assert "status=succeeded" not in gw.log()
+        pids = subprocess.run(["pgrep", "-f", url], capture_output=True, text=True).stdout
+        assert pids.strip() == "", "pip download still runs"

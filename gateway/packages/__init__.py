@@ -65,7 +65,7 @@ class Packages:
         self._cache = WheelCache(settings.wheel_cache_dir)
         self._downloader = Downloader(settings, self._cache)
         self._installer = Installer(launcher)
-        self._sessions: dict[tuple[str, str], SessionJobs] = {}
+        self._sessions: dict[tuple[str, str], tuple[Session, SessionJobs]] = {}
         self._platform: list[str] | None = None
         self._platform_lock = asyncio.Lock()
         self._answers: set[asyncio.Task[None]] = set()
@@ -77,7 +77,7 @@ class Packages:
         parsed = requirements.parse(req.packages, self._settings)
         jobs = self._jobs_of(session)
         job = PackageJob([str(r) for r in parsed])
-        jobs.submit(job, lambda j: self._run(session, j))
+        jobs.submit(job, lambda j: self._run(session, jobs, j))
         session.touch()
         return PackageJobAccepted(
             job_id=job.id, status=job.status,
@@ -102,12 +102,12 @@ class Packages:
 
     def cancel(self, session: Session) -> None:
         """The session ends: its jobs stop (called before its kernel and files go)."""
-        jobs = self._sessions.pop(session.key, None)
-        if jobs is not None:
-            jobs.cancel()
+        entry = self._sessions.pop(session.key, None)
+        if entry is not None:
+            entry[1].cancel()
 
     async def close(self) -> None:
-        for jobs in self._sessions.values():
+        for _, jobs in self._sessions.values():
             jobs.cancel()
         for task in list(self._answers):
             task.cancel()
@@ -115,22 +115,27 @@ class Packages:
     def _jobs_of(self, session: Session) -> SessionJobs:
         if session.closed:
             raise errors.SessionNotFound(f"session {session.id!r} was deleted")
-        return self._sessions.setdefault(session.key, SessionJobs())
+        for key, (owner, old) in list(self._sessions.items()):  # sessions reaped meanwhile
+            if owner.closed or (key == session.key and owner is not session):
+                old.cancel()
+                del self._sessions[key]
+        return self._sessions.setdefault(session.key, (session, SessionJobs()))[1]
 
     def _job(self, session: Session, job_id: str) -> PackageJob:
-        jobs = self._sessions.get(session.key)
-        job = jobs.jobs.get(job_id) if jobs is not None else None
+        entry = self._sessions.get(session.key)
+        job = entry[1].jobs.get(job_id) if entry is not None and entry[0] is session else None
         if job is None:
             raise errors.JobNotFound(f"no package job {job_id!r} in this session")
         return job
 
     # ------------------------------------------------------------------ a job's run
-    async def _run(self, session: Session, job: PackageJob) -> None:
-        job.set_status(PackageJobStatus.running)
+    async def _run(self, session: Session, jobs: SessionJobs, job: PackageJob) -> None:
         timeout_s = self._settings.package_job_timeout_s
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._work(session, job, time.monotonic() + timeout_s)
+            async with jobs.turn:
+                job.set_status(PackageJobStatus.running)
+                async with asyncio.timeout(timeout_s):
+                    await self._work(session, job, time.monotonic() + timeout_s)
         except TimeoutError:
             job.error = f"timed out after {timeout_s:.0f} s (package_job_timeout_s)"
         except asyncio.CancelledError:

@@ -80,26 +80,22 @@ class SessionJobs:
 
     def __init__(self) -> None:
         self.jobs: dict[str, PackageJob] = {}
-        self._turn = asyncio.Lock()
+        self.turn = asyncio.Lock()  # held by the running job
         self.closed = False
 
     def submit(self, job: PackageJob,
                run: Callable[[PackageJob], Coroutine[Any, Any, None]]) -> None:
-        """Queue ``job``; ``run(job)`` is called in its turn. Raises QueueFull."""
+        """Queue ``job``: ``run(job)`` starts now and takes ``turn`` (so the session's jobs run
+        one at a time, in order). Raises QueueFull."""
         waiting = sum(1 for j in self.jobs.values() if j.status == PackageJobStatus.queued)
         if waiting >= MAX_WAITING:
             raise errors.QueueFull(f"{waiting} package jobs are already waiting in this "
                                    "session")
         self.jobs[job.id] = job
-        job.task = asyncio.create_task(self._in_turn(job, run))
+        job.task = asyncio.create_task(run(job))
         finished = [j for j in self.jobs.values() if j.done]
         for old in finished[:max(0, len(finished) - KEEP)]:
             del self.jobs[old.id]
-
-    async def _in_turn(self, job: PackageJob,
-                       run: Callable[[PackageJob], Coroutine[Any, Any, None]]) -> None:
-        async with self._turn:
-            await run(job)
 
     def cancel(self) -> None:
         """The session ended: every job still queued or running stops."""
