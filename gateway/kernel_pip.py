@@ -236,10 +236,10 @@ def register(shell: Any) -> None:
     system = shell.system
 
     def system_with_pip(cmd: str) -> Any:
-        rest = _pip_command(cmd)
-        if rest is None:
+        if _pip_command(cmd) is None:
             return system(cmd)
-        pip(rest)
+        rest = _pip_command(shell.var_expand(cmd, depth=1))  # !pip install {name}, as IPython
+        pip(rest or "")
         return None
 
     shell.system = system_with_pip

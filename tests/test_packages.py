@@ -282,7 +282,8 @@ async def test_pip_magic_over_the_jupyter_channels(pgw: Gateway, new_sid: Any) -
     kernel_id = pgw.http.get(f"/v1/sessions/{sid}").json()["kernel_id"]
     sock = await connect_kernel(pgw.url, kernel_id, pgw.token)
     try:
-        reply, iopub = await sock.execute("!pip install egw-base\nimport egw_base\n"
+        reply, iopub = await sock.execute("name = 'egw-base'\n!pip install {name}\n"
+                                          "import egw_base\n"
                                           "print('value', egw_base.VALUE)", timeout_s=150)
         text = "".join(m["content"].get("text", "") for m in iopub
                        if m["header"]["msg_type"] == "stream")
