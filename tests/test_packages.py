@@ -176,6 +176,10 @@ def test_an_sdist_only_package_fails_clearly_and_nothing_is_built(
     assert not index["marker"].exists()  # its setup.py never ran
     missing = install(pgw, sid, "egw-no-such-thing")
     assert missing["status"] == "failed" and "no such package" in missing["error"]
+    conflict = install(pgw, sid, "egw-app", "egw-base<2")  # egw-app needs egw-base>=2
+    assert conflict["status"] == "failed" and "conflict" in conflict["error"], conflict
+    version = install(pgw, sid, "egw-tiny==9.9")
+    assert "no version matches" in version["error"] and "1.0.0" in version["error"], version
     assert pgw.execute(sid, "1 + 1")["status"] == "ok"  # the session is still usable
 
 

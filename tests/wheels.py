@@ -72,6 +72,8 @@ def build_index(dest: Path, marker: Path) -> dict[str, Path]:
             "egw_tiny/__init__.py": b"__version__ = '1.0.0'\ndef hello():\n    return 'hi'\n"}),
         "egw-base": make_wheel(dest, "egw-base", "2.0", {
             "egw_base/__init__.py": b"VALUE = 42\n"}),
+        "egw-base-old": make_wheel(dest, "egw-base", "1.0", {  # (a conflict with egw-app)
+            "egw_base/__init__.py": b"VALUE = 1\n"}),
         "egw-app": make_wheel(dest, "egw-app", "0.3", {
             "egw_app/__init__.py": b"from egw_base import VALUE\nANSWER = VALUE\n"},
             requires=["egw-base>=2"]),

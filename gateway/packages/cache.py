@@ -14,6 +14,7 @@ kernel image has no pip, and the sandbox runs ``python pip.zip/pip install --no-
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import importlib.util
@@ -166,12 +167,17 @@ class Downloader:
             *self.argv(requirements, dest, platform), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
             start_new_session=True)
-        lines: list[str] = []
+        # pip -vv may print thousands of lines (a link per file of every version): kept are
+        # the last ones and those that say why a requirement found nothing
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_KEPT)
+        notable: collections.deque[str] = collections.deque(maxlen=TAIL_KEPT)
         try:
             assert proc.stdout is not None
             async for raw in proc.stdout:
                 line = raw.decode("utf-8", "replace").rstrip()
-                lines.append(line)
+                tail.append(line)
+                if _NOTABLE.search(line):
+                    notable.append(line)
                 if _shown(line):
                     on_line(line)
             code = await proc.wait()
@@ -181,7 +187,7 @@ class Downloader:
                     os.killpg(proc.pid, 9)
                 await proc.wait()
         if code != 0:
-            return Download(error=explain_failure(lines))
+            return Download(error=explain_failure([*notable, *tail]))
         return await asyncio.to_thread(self._take, dest)
 
     def _take(self, dest: Path) -> Download:
@@ -200,6 +206,8 @@ class Downloader:
         return done
 
 
+TAIL_KEPT = 300
+_NOTABLE = re.compile(r"No sources permitted|none of the wheel's tags")
 _SHOWN = ("Collecting", "Downloading", "Saved", "File was already downloaded", "Successfully",
           "ERROR", "Looking in", "Requirement already")
 
