@@ -49,6 +49,19 @@ def require_image() -> Any:
     return client
 
 
+def left_behind(client: Any, instance: str) -> list[Any]:
+    """The gateway's containers still there (a container being removed may be listed, then
+    be gone when inspected: ask again)."""
+    import docker.errors
+
+    for _ in range(20):
+        try:
+            return containers_of(client, instance)
+        except docker.errors.NotFound:
+            time.sleep(0.25)
+    return containers_of(client, instance)
+
+
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("index")
@@ -77,7 +90,7 @@ def pgw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     gateway.stop()
     remove_runtime_dir(gateway)
     if client is not None:
-        left = containers_of(client, settings["instance_id"])
+        left = left_behind(client, settings["instance_id"])
         assert not left, f"the gateway left containers behind: {[c.name for c in left]}"
 
 
@@ -299,6 +312,20 @@ async def test_pip_magic_over_the_jupyter_channels(pgw: Gateway, new_sid: Any) -
         sock.close()
 
 
+async def test_pip_magic_over_the_v1_websocket(pgw: Gateway, new_sid: Any, connect: Any
+                                               ) -> None:
+    sid = new_sid()
+    watcher = await connect(pgw, sid)
+    await watcher.execute("c1", "%pip install egw-tiny\nimport egw_tiny\nprint(egw_tiny.hello())")
+    result = (await watcher.result("c1", 150))["result"]
+    assert result["status"] == "ok", result
+    streamed = watcher.stream_text("c1")
+    assert "Successfully installed egw-tiny-1.0.0" in streamed and streamed.endswith("hi\n")
+    assert not [e for e in watcher.events if e["type"] == "input_request"]
+    done = [e for e in watcher.events if e["type"] == "package_done"]
+    assert [e["status"] for e in done] == ["succeeded"]
+
+
 # ------------------------------------------------------------------ durability
 @pytest.mark.docker
 @pytest.mark.slow
@@ -328,7 +355,7 @@ def test_packages_survive_a_gateway_restart_with_redis_and_docker(
             second.stop()
     finally:
         first.stop()
-        for c in containers_of(client, instance):
+        for c in left_behind(client, instance):
             c.remove(force=True)
         remove_runtime_dir(first)
 

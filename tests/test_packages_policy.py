@@ -137,3 +137,15 @@ def test_jobs_queue_one_at_a_time_and_a_delete_cancels_them(gateway_factory: Any
         assert "status=succeeded" not in gw.log()
         pids = subprocess.run(["pgrep", "-f", url], capture_output=True, text=True).stdout
         assert pids.strip() == "", "pip download still runs"
+
+
+def test_the_per_session_cap_refuses_what_does_not_fit(gateway_factory: Any,
+                                                       index: dict[str, Any]) -> None:
+    gw = gateway_factory(pool_size=0, **package_settings(index, package_max_mb=1))
+    sid = f"m-{secrets.token_hex(3)}"
+    assert gw.http.post("/v1/sessions", json={"session_id": sid,
+                                              "limits": {"disk_mb": 512}}).status_code == 201
+    assert install(gw, sid, "egw-tiny")["status"] == "succeeded"
+    job = install(gw, sid, "egw-big")
+    assert job["status"] == "failed" and "(package_max_mb)" in job["error"], job
+    assert gw.execute(sid, "import egw_tiny")["status"] == "ok"
