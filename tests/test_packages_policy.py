@@ -149,3 +149,14 @@ def test_the_per_session_cap_refuses_what_does_not_fit(gateway_factory: Any,
     job = install(gw, sid, "egw-big")
     assert job["status"] == "failed" and "(package_max_mb)" in job["error"], job
     assert gw.execute(sid, "import egw_tiny")["status"] == "ok"
+
+
+def test_a_one_shot_run_cannot_install_and_keeps_its_stdin(gateway_factory: Any,
+                                                           index: dict[str, Any]) -> None:
+    gw = gateway_factory(pool_size=0, **package_settings(index))
+    r = gw.http.post("/v1/run", json={"code": "%pip install egw-tiny\nprint(input())",
+                                      "stdin": ["mine"]})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert "a one-shot run cannot install packages" in out["stderr"], out
+    assert out["stdout"].endswith("mine\n"), out

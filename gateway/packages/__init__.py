@@ -243,6 +243,18 @@ class Packages:
         task.add_done_callback(self._answers.discard)
         return True
 
+    @staticmethod
+    def refuse_request(session: Session, conn: KernelConnection, msg: Message) -> bool:
+        """The stdin hook of one-shot sandboxes: a package request is refused (it must not
+        take one of the run's stdin lines either)."""
+        prompt = msg["content"].get("prompt")
+        if not isinstance(prompt, str) or not prompt.startswith(PROMPT):
+            return False
+        with contextlib.suppress(Exception):
+            conn.reply_input(json.dumps({"error": "a one-shot run cannot install packages: "
+                                         "install them into a session"}), msg)
+        return True
+
     async def _answer(self, session: Session, conn: KernelConnection, msg: Message,
                       raw: str) -> None:
         answer: dict[str, Any]

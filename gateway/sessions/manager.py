@@ -73,7 +73,7 @@ class SessionManager:
                            stdin_hook=self.packages.kernel_request)
         self.runs = Runs(settings, self.cells)  # background cells (execute, wait: false)
         self.oneshots = OneShots(settings, metrics, self._lifecycle, self.table, kernels,
-                                 self.files)
+                                 self.files, stdin_hook=self.packages.refuse_request)
         self._loops: list[asyncio.Task[None]] = []  # the reaper and the lease renewer
         self.libraries = KernelLibraries(launcher)  # for /healthz
 
