@@ -160,3 +160,21 @@ def test_a_one_shot_run_cannot_install_and_keeps_its_stdin(gateway_factory: Any,
     out = r.json()
     assert "a one-shot run cannot install packages" in out["stderr"], out
     assert out["stdout"].endswith("mine\n"), out
+
+
+def test_the_python_client_installs_lists_and_gets_typed_errors(gateway_factory: Any,
+                                                                 index: dict[str, Any]) -> None:
+    from exec_gateway_client import Gateway as Client
+    from exec_gateway_client import errors as client_errors
+
+    gw = gateway_factory(pool_size=0, **package_settings(index))
+    with Client(gw.url, gw.token) as client, client.session(f"k-{secrets.token_hex(3)}") as s:
+        job = s.packages.install(["egw-tiny"], poll_s=0.1)
+        assert job.status == "succeeded" and job.installed == [
+            {"name": "egw-tiny", "version": "1.0.0"}], job
+        assert s.packages.list() == [{"name": "egw-tiny", "version": "1.0.0"}]
+        assert s.run("import egw_tiny; egw_tiny.hello()").text == "'hi'"
+        with pytest.raises(client_errors.InvalidRequirement):
+            s.packages.install(["-e ."])
+        with pytest.raises(client_errors.JobNotFound):
+            client.request("GET", f"/v1/sessions/{s.id}/packages/jobs/00ff")
