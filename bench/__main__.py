@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import client_sdk, files, oneshot, replicas, sections
+from bench import client_sdk, files, oneshot, packages, replicas, sections
 from bench.config import BenchConfig, load
 from bench.gateway_rest import ROOT, GatewayProcess, RestTarget, start_gateway, stop_gateway
 from bench.jupyter_ws import JupyterTarget
@@ -85,7 +85,7 @@ def new_results(config: BenchConfig) -> dict[str, Any]:
         },
         "config": dataclasses.asdict(config),
         "latency": {}, "throughput": {}, "session_start": {}, "stream": {}, "memory": {},
-        "replicas": {}, "docker": {}, "oneshot": {}, "files": {},
+        "replicas": {}, "docker": {}, "oneshot": {}, "files": {}, "packages": {},
         "errors": {}, "notes": [], "section_seconds": {},
     }
 
@@ -175,6 +175,7 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
     await _section(results, "client_sdk", client_sdk.client_sdk_section(config, results, tracker))
     await _section(results, "memory", sections.memory_section(config, results, tracker))
     await _section(results, "oneshot", oneshot.oneshot_section(config, results, tracker))
+    await _section(results, "packages", packages.packages_section(config, results, tracker))
     if config.replicas:
         await _section(results, "replicas", replicas.replicas_section(config, results, tracker))
     else:
@@ -194,6 +195,11 @@ async def run_files(config: BenchConfig, tracker: ProcessTracker, results: dict[
     await _section(results, "files", files.files_section(config, results, tracker))
 
 
+async def run_packages(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
+                       ) -> None:
+    await _section(results, "packages", packages.packages_section(config, results, tracker))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller counts (about two minutes)")
@@ -205,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the files API section (throughput, files_changed cost)")
     parser.add_argument("--only-files", action="store_true",
                         help="run the files API section only")
+    parser.add_argument("--only-packages", action="store_true",
+                        help="run the packages section only (pip install cold, warm, import)")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the gateway with py-spy during an extra REST loop")
     args = parser.parse_args(argv)
@@ -227,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         asyncio.run(run_files(config, tracker, results) if args.only_files
+                    else run_packages(config, tracker, results) if args.only_packages
                     else run(config, tracker, results))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted; stopping everything started")

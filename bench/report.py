@@ -355,6 +355,7 @@ def table(results: dict[str, Any]) -> str:
     rows.extend(_docker_rows(results.get("docker", {})))
     rows.extend(_oneshot_rows(results.get("oneshot", {})))
     rows.extend(_files_rows(results.get("files", {})))
+    rows.extend(_packages_rows(results.get("packages", {})))
     width = max(len(row[0]) for row in rows)
     lines = [f"{row[0]:<{width}}  {_fmt(row[1]):>10}  {_fmt(row[2]):>10}  {_fmt(row[3], 3):>7}"
              for row in rows]
@@ -368,6 +369,19 @@ def table(results: dict[str, Any]) -> str:
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _packages_rows(packages: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    rows: list[tuple[str, Any, Any, Any]] = []
+    for launcher, fig in packages.items():
+        if not isinstance(fig, dict):
+            continue
+        for key, label in (("install_cold_ms", "install, cold (download)"),
+                           ("install_warm_ms", "install, warm (cache)"),
+                           ("pip_magic_warm_ms", "%pip install cell, warm"),
+                           ("import_next_cell_ms", "import in the next cell")):
+            rows.append((f"packages: {label} p50 ms ({launcher})", _get(fig, key, "p50"), "", ""))
+    return rows
 
 
 def _oneshot_rows(oneshot: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:

@@ -10,7 +10,7 @@ from tornado import web
 from tornado.log import access_log
 
 from gateway.auth import Auth
-from gateway.handlers import files, jupyter, meta, rest, runs, ws
+from gateway.handlers import files, jupyter, meta, packages, rest, runs, ws
 from gateway.handlers.base import NotFoundHandler, Services
 from gateway.handlers.replica_client import ReplicaClient
 from gateway.launchers import make_launcher
@@ -55,6 +55,9 @@ def make_app(services: Services) -> web.Application:
         (rf"/v1/sessions/{SID}/files", files.FilesHandler, deps),
         (rf"/v1/sessions/{SID}/files/(?P<path>.+)", files.FileHandler, deps),
         (rf"/v1/sessions/{SID}/runs/(?P<run_id>[A-Za-z0-9_-]{{1,64}})", runs.RunHandler, deps),
+        (rf"/v1/sessions/{SID}/packages", packages.PackagesHandler, deps),
+        (rf"/v1/sessions/{SID}/packages/jobs/(?P<job_id>[0-9a-f]{{1,64}})",
+         packages.PackageJobHandler, deps),
         (r"/v1/run", runs.OneShotHandler, deps),
         (r"/v1/openapi.json", meta.OpenAPIHandler,
          {**deps, "document": meta.openapi_document(services)}),

@@ -45,8 +45,20 @@ class EntrypointMissing(BadRequest):
     code = "entrypoint_missing"
 
 
+class InvalidRequirement(BadRequest):
+    code = "invalid_requirement"
+
+
 class Unauthorized(GatewayError):
     status, code = 401, "unauthorized"
+
+
+class Forbidden(GatewayError):
+    status, code = 403, "forbidden"
+
+
+class PackageNotAllowed(Forbidden):
+    code = "package_not_allowed"
 
 
 class NotFound(GatewayError):
@@ -63,6 +75,10 @@ class FileNotFound(NotFound):
 
 class RunNotFound(NotFound):
     code = "run_not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
 
 
 class MethodNotAllowed(GatewayError):

@@ -92,6 +92,9 @@ if __name__ == "__main__":
 
     app = IPKernelApp.instance()
     app.initialize()  # type: ignore[no-untyped-call]
+    import kernel_pip  # type: ignore[import-not-found]  # (next to this file)
+
+    kernel_pip.register(app.shell)  # %pip / !pip through the gateway, .packages on sys.path
     policy = blocked_names(os.environ.get(BLOCKED_ENV, ""))
     if policy:  # after the kernel's own imports, before any cell
         install_policy(policy)

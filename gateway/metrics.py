@@ -58,6 +58,19 @@ class Metrics:
             "gateway_workspace_quota_hits", "Writes refused because a workspace was full",
             ["source"], registry=self.registry)  # upload / cell
 
+        self.package_jobs = Counter(
+            "gateway_package_jobs", "Package install jobs ended, by status", ["status"],
+            registry=self.registry)
+        self.package_download_bytes = Counter(
+            "gateway_package_download_bytes", "Bytes of wheels downloaded into the wheel cache",
+            registry=self.registry)
+        self.package_cache_hits = Counter(
+            "gateway_package_cache_hits", "Wheels a job found in the cache (no download)",
+            registry=self.registry)
+        self.package_cache_misses = Counter(
+            "gateway_package_cache_misses", "Wheels a job had to download",
+            registry=self.registry)
+
     def forget_workspace(self, owner: str, session_id: str) -> None:
         """Drop a removed session's workspace gauge (labels must not pile up)."""
         try:

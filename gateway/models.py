@@ -289,4 +289,44 @@ class RunInfo(BaseModel):
     error: ErrorDetail | None = Field(None, description="why a finished run has no result")
 
 
+# ---------------------------------------------------------------- packages
+class PackagesRequest(Request):
+    packages: list[str] = Field(
+        description="PEP 508 requirements: a name with optional extras, version specifier "
+                    "and marker (no URLs, paths or pip options); at most 50")
+
+
+class PackageJobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class PackageInfo(BaseModel):
+    name: str
+    version: str
+
+
+class PackageList(BaseModel):
+    packages: list[PackageInfo]
+
+
+class PackageJobAccepted(BaseModel):
+    job_id: str
+    status: PackageJobStatus
+    status_url: str
+
+
+class PackageJobInfo(BaseModel):
+    job_id: str
+    status: PackageJobStatus
+    packages: list[str] = Field(description="the requirements asked for")
+    installed: list[PackageInfo] = []
+    error: str | None = Field(None, description="why the job failed, in plain words")
+    log_tail: str = Field("", description="the last lines of the job's log")
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
 ExecuteResult.model_rebuild()

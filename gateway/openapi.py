@@ -20,6 +20,10 @@ from gateway.models import (
     FileInfo,
     FileList,
     Health,
+    PackageJobAccepted,
+    PackageJobInfo,
+    PackageList,
+    PackagesRequest,
     RunAccepted,
     RunInfo,
     RunRequest,
@@ -34,6 +38,7 @@ _MODELS: list[type[BaseModel]] = [
     CreateSession, ExecuteRequest, ExecuteResult, SessionInfo, SessionList, ErrorBody, Health,
     FileInfo, FileList,
     RunRequest, RunAccepted, RunInfo,
+    PackagesRequest, PackageJobAccepted, PackageJobInfo, PackageList,
 ]
 _FILE_ERRORS = {
     "400": "invalid_path: absolute, '..', '.', NUL or control characters, an empty segment, "
@@ -126,6 +131,31 @@ def _files_paths(sid: dict[str, Any]) -> dict[str, Any]:
 
 def _named(operation_id: str, op: dict[str, Any]) -> dict[str, Any]:
     return {"operationId": operation_id, **op}
+
+
+def _packages_paths(sid: dict[str, Any]) -> dict[str, Any]:
+    """Packages: pip install into the session's .packages, as a background job."""
+    install = _op("Install packages (PEP 508 requirements, at most 50): 202 + a job", 202,
+                  PackageJobAccepted, PackagesRequest)
+    install["requestBody"]["required"] = True
+    install["responses"]["400"] = {"description": "invalid_requirement (naming the entry)",
+                                   **_json(ErrorBody)}
+    install["responses"]["403"] = {"description": "package_not_allowed (allow/deny lists)",
+                                   **_json(ErrorBody)}
+    job_id = {"name": "job_id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"}}
+    return {
+        "/v1/sessions/{session_id}/packages": {
+            "get": _named("list_packages", {**_op("What this session installed", 200,
+                                                  PackageList), "parameters": [sid]}),
+            "post": _named("install_packages", {**install, "parameters": [sid]}),
+        },
+        "/v1/sessions/{session_id}/packages/jobs/{job_id}": {
+            "get": _named("get_package_job", {**_op("A package job's status and log", 200,
+                                                    PackageJobInfo),
+                                              "parameters": [sid, job_id]}),
+        },
+    }
 
 
 def _execute() -> dict[str, Any]:
@@ -235,6 +265,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "post": with_id(_op("Fresh interpreter, same id", 200, SessionInfo)),
             },
             **_files_paths(sid),
+            **_packages_paths(sid),
             "/healthz": {"get": {**_op("Liveness and capabilities", 200, Health), "security": []}},
             "/readyz": {"get": _op("Readiness: launcher and registry reachable", 200, Health)},
             "/metrics": {"get": {

@@ -138,6 +138,17 @@ class Settings(BaseSettings):
     max_list_entries: int = Field(10_000, ge=1)  # entries one listing returns (then truncated)
     files_scan_max_entries: int = Field(100_000, ge=1)  # entries walked for files_changed
 
+    # --- packages (POST /v1/sessions/{id}/packages, %pip / !pip in a cell)
+    # the index pip downloads from: None = the host's pip configuration; "" = no index (only
+    # package_find_links)
+    package_index_url: str | None = None
+    package_find_links: list[str] = []  # more places to find wheels (directories or URLs)
+    package_allowlist: list[str] = []  # names or globs that may be installed ([] = any)
+    package_denylist: list[str] = []  # names or globs that never may (wins over the allowlist)
+    package_job_timeout_s: float = Field(300.0, gt=0, allow_inf_nan=False)  # download + install
+    package_max_mb: int = Field(512, ge=1)  # a session's .packages at most (and within disk_mb)
+    package_cache_dir: Path | None = None  # the shared wheel cache; default <state dir>/wheels
+
     # --- local launcher
     runtime_dir: Path = Field(default_factory=_default_runtime_dir)  # socket dirs (keep short)
     state_dir: Path | None = None  # session workspaces; default <runtime_dir>/work
@@ -218,6 +229,10 @@ class Settings(BaseSettings):
     @property
     def work_dir(self) -> Path:
         return self.state_dir or self.runtime_dir / "work"
+
+    @property
+    def wheel_cache_dir(self) -> Path:
+        return self.package_cache_dir or self.work_dir / "wheels"
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -10,7 +10,8 @@ Quota (``workspace_quota``):
 
 - ``loop``: the directory is the mount point of a fixed-size ext4 image of ``disk_mb``
   (``<dir>.img``, preallocated with ``fallocate`` unless ``workspace_preallocate`` is off),
-  loop-mounted ``nosuid,nodev,noexec``. The Linux kernel enforces the size: a cell writing
+  loop-mounted ``nosuid,nodev`` (not ``noexec``: native extensions of the packages
+  installed in ``.packages`` must load). The Linux kernel enforces the size: a cell writing
   past it gets ENOSPC, an upload 507, and the host disk never holds more than the images.
   Needs root with CAP_SYS_ADMIN (``mount``); ``auto`` picks it then. A gateway in a
   container must also share these mounts with the engine's host (the state dir bind-mounted
@@ -41,7 +42,8 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ws-[0-9a-f]{24}$")
-_MOUNT_OPTIONS = "loop,nosuid,nodev,noexec"
+# not noexec: packages installed in .packages carry native extensions (mmap PROT_EXEC)
+_MOUNT_OPTIONS = "loop,nosuid,nodev"
 _TOOL_TIMEOUT_S = 60.0
 _CAP_SYS_ADMIN = 21
 _TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where mount and mkfs live, whatever PATH says

@@ -19,12 +19,14 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     after a few idle seconds."""
     gateway = start_gateway(tmp_path_factory.mktemp("gw"), pool_size=0, idle_timeout_s=3,
                             reap_interval_s=1, max_sessions=64, max_sessions_per_key=64,
-                            default_timeout_s=5, max_timeout_s=30)
+                            default_timeout_s=5, max_timeout_s=30,
+                            package_index_url="")  # package jobs never reach an index
     yield gateway
     gateway.stop()
     shutil.rmtree(gateway.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
 
 
+@pytest.mark.timeout(600)  # 21 operations, each with real kernels: ~160 s on a loaded 2-core VM
 def test_every_operation_conforms_to_the_openapi_document(api: Gateway) -> None:
     """Every check schemathesis has, every phase (examples, coverage: boundary values and
     undeclared methods, fuzzing, stateful), bounded examples, with the API key."""
@@ -40,12 +42,13 @@ def test_every_operation_conforms_to_the_openapi_document(api: Gateway) -> None:
         "warnings": False,
         # a schema-valid run may still be refused for what no schema can say: no main() for
         # entrypoint "main" (400 entrypoint_missing), a test's regex that does not compile
-        "operations": [{"include-path-regex": "^/v1/(run|sessions/[^/]+/execute)$",
+        # (nor which strings are PEP 508 requirements: 400 invalid_requirement)
+        "operations": [{"include-path-regex": "^/v1/(run|sessions/[^/]+/(execute|packages))$",
                         "checks": {"positive_data_acceptance": {"enabled": False}}}],
     })
     schema = schemathesis.openapi.from_url(f"{api.url}/v1/openapi.json", config=config)
     operations = {op.ok().label for op in schema.get_all_operations()}
-    assert len(operations) == 18, operations
+    assert len(operations) == 21, operations
     failures: list[str] = []
     tested: set[str] = set()
     for event in from_schema(schema).execute():
@@ -70,7 +73,9 @@ def test_the_document_covers_every_v1_route(api: Gateway) -> None:
                           "/v1/sessions/{session_id}/interrupt",
                           "/v1/sessions/{session_id}/restart", "/v1/sessions/{session_id}/runs/"
                           "{run_id}", "/v1/run", "/v1/sessions/{session_id}/files",
-                          "/v1/sessions/{session_id}/files/{path}", "/healthz", "/readyz",
+                          "/v1/sessions/{session_id}/files/{path}",
+                          "/v1/sessions/{session_id}/packages",
+                          "/v1/sessions/{session_id}/packages/jobs/{job_id}", "/healthz", "/readyz",
                           "/metrics"}
 
 

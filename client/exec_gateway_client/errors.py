@@ -110,6 +110,12 @@ class RunNotFound(NotFound):
     code = "run_not_found"
 
 
+class JobNotFound(NotFound):
+    """No such package job in the session (packages API, issue 14)."""
+
+    code = "job_not_found"
+
+
 class MethodNotAllowed(APIError):
     status, code = 405, "method_not_allowed"
 

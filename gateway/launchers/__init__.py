@@ -7,6 +7,7 @@ from settings. Backends take data and return data: a ``LaunchSpec`` in, a serial
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,6 +42,20 @@ class LaunchSpec:
     limits: Limits
     env: dict[str, str] = field(default_factory=dict)
     workspace: str = ""  # host path of the session's workspace: the kernel's working directory
+
+
+KERNEL_DIR_ENV = "EXEC_GATEWAY_KERNEL_DIR"  # a sandbox run's view of the socket directory
+
+
+@dataclass(frozen=True)
+class SandboxRun:
+    """A Python script to run beside a live kernel, in its sandbox (see Launcher.run_python)."""
+
+    script: str
+    args: list[str]
+    limits: Limits
+    timeout_s: float
+    on_output: Callable[[bytes], None]  # stdout and stderr, as they come
 
 
 class KernelHandle(BaseModel):
@@ -112,6 +127,13 @@ class Launcher(Protocol):
     async def libraries(self, script: str) -> dict[str, str]:
         """Run ``script`` (Python printing one JSON object of name → version) with the kernels'
         interpreter and return what it printed. Raises LauncherUnavailable."""
+
+    async def run_python(self, handle: KernelHandle, run: SandboxRun) -> int:
+        """Run ``python -I -c run.script *run.args`` with the kernel's interpreter in the
+        sandbox of ``handle``'s live kernel: its user, no network, its limits, the workspace
+        as working directory, the kernels' environment plus ``EXEC_GATEWAY_KERNEL_DIR`` (the
+        socket directory as the sandbox sees it, readable, not writable). Returns the exit
+        status (killed past ``run.timeout_s`` or when cancelled). Raises LauncherUnavailable."""
 
     async def adopt(self, handles: list[KernelHandle]) -> list[KernelHandle]:
         """Of ``handles`` (every handle the registry holds), those whose kernels still run;

@@ -63,7 +63,14 @@ from docker.types import LogConfig, Mount, Ulimit
 
 from gateway.errors import GatewayError, KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, policy_env
+from gateway.launchers import (
+    KERNEL_DIR_ENV,
+    ExitInfo,
+    KernelHandle,
+    LaunchSpec,
+    SandboxRun,
+    policy_env,
+)
 from gateway.launchers.meters import CgroupFiles, CgroupMeter, cgroup_files
 from gateway.settings import Settings
 
@@ -493,6 +500,46 @@ class DockerLauncher:
             return dict(json.loads(await asyncio.to_thread(run)))
         except (docker.errors.DockerException, *_UNREACHABLE, ValueError) as exc:
             raise LauncherUnavailable(f"cannot list the image's libraries: {exc}") from exc
+
+    async def run_python(self, handle: KernelHandle, run: SandboxRun) -> int:
+        """``docker exec`` in the kernel's container, as the container's user: same network
+        (none), cgroup limits, seccomp profile, capabilities (none) and environment. Past
+        ``run.timeout_s`` (or when cancelled) the process is killed (``timeout -s KILL`` in
+        the container, and its host pid as well)."""
+        client = await self._ready()
+        api = client.api
+        loop = asyncio.get_running_loop()
+        seconds = max(1, math.ceil(run.timeout_s))
+        with engine_errors("cannot run a command in the kernel's container"):
+            attrs = await asyncio.to_thread(api.inspect_container, handle.ref)
+            user = (attrs.get("Config") or {}).get("User") or str(
+                self._settings.docker_kernel_uid)
+            exec_id = (await asyncio.to_thread(
+                api.exec_create, handle.ref,
+                ["timeout", "-s", "KILL", str(seconds), "/opt/kernel/bin/python", "-I", "-c",
+                 run.script, *run.args],
+                stdout=True, stderr=True, user=user, workdir="/work",
+                environment={KERNEL_DIR_ENV: KERNEL_DIR}))["Id"]
+
+        def stream() -> None:
+            for chunk in api.exec_start(exec_id, stream=True):
+                loop.call_soon_threadsafe(run.on_output, bytes(chunk))
+
+        reading = asyncio.ensure_future(asyncio.to_thread(stream))
+        try:
+            with engine_errors("the command in the kernel's container failed"):
+                await asyncio.wait_for(asyncio.shield(reading), seconds + 5)
+                state = await asyncio.to_thread(api.exec_inspect, exec_id)
+            code = state.get("ExitCode")
+            return int(code) if isinstance(code, int) else -signal.SIGKILL
+        except TimeoutError:
+            return -signal.SIGKILL
+        finally:
+            if not reading.done():
+                with contextlib.suppress(*ENGINE_ERRORS, OSError, ValueError):
+                    pid = (await asyncio.to_thread(api.exec_inspect, exec_id)).get("Pid")
+                    if isinstance(pid, int) and pid > 0:
+                        os.killpg(pid, signal.SIGKILL)  # timeout and its child
 
     async def meter(self, handle: KernelHandle) -> CgroupMeter | None:
         """The container's cgroup: found at the usual places, else through its init's pid

@@ -11,6 +11,7 @@ for a session that already has one, the kernel is moved into it (``moves_workspa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
@@ -24,7 +25,14 @@ from pathlib import Path
 
 from gateway.errors import KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, policy_env
+from gateway.launchers import (
+    KERNEL_DIR_ENV,
+    ExitInfo,
+    KernelHandle,
+    LaunchSpec,
+    SandboxRun,
+    policy_env,
+)
 from gateway.launchers.meters import ProcMeter
 from gateway.settings import Settings
 
@@ -226,6 +234,38 @@ class LocalLauncher:
         except (OSError, TimeoutError, ValueError) as exc:
             raise LauncherUnavailable(f"cannot run {self._settings.kernel_python}: {exc}"
                                       ) from exc
+
+    async def run_python(self, handle: KernelHandle, run: SandboxRun) -> int:
+        """A child like the kernel: a network namespace of its own, the same rlimits and
+        environment (without the session's own keys), the workspace as cwd."""
+        if not handle.workspace:
+            raise LauncherUnavailable("the kernel has no workspace")
+        spec = LaunchSpec(session_id=handle.session_id, kernel_id=handle.kernel_id, owner="",
+                          limits=run.limits, workspace=handle.workspace)
+        env = self._env(spec, Path(handle.workspace), Path(handle.socket_dir))
+        env[KERNEL_DIR_ENV] = handle.socket_dir
+        argv = [*await self._netns_prefix(), self._settings.kernel_python, "-I", "-c",
+                run.script, *run.args]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=handle.workspace, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: self._preexec(spec))
+        except OSError as exc:
+            raise LauncherUnavailable(f"cannot start {argv[0]}: {exc}") from exc
+        try:
+            async with asyncio.timeout(run.timeout_s):
+                assert proc.stdout is not None
+                while chunk := await proc.stdout.read(65536):
+                    run.on_output(chunk)
+                return await proc.wait()
+        except TimeoutError:
+            return -signal.SIGKILL
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
 
     async def meter(self, handle: KernelHandle) -> ProcMeter | None:
         if handle.ref not in self._procs:

@@ -50,10 +50,17 @@ class Cell:
         return str(self.message["header"].get("session", "")) if self.message else ""
 
 
+# a kernel's own input_request the gateway answers itself (a package request from
+# gateway/kernel_pip.py): True when it took the message
+StdinHook = Callable[[Session, KernelConnection, Message], bool]
+
+
 class CellRunner:
     def __init__(self, settings: Settings, metrics: Metrics, replace: Replace,
-                 handing_off: Callable[[], bool], files: SessionFiles) -> None:
+                 handing_off: Callable[[], bool], files: SessionFiles,
+                 stdin_hook: StdinHook | None = None) -> None:
         self._settings = settings
+        self._stdin_hook = stdin_hook
         self._files = files  # what the cell changed in the workspace
         self._metrics = metrics
         self._replace = replace
@@ -154,6 +161,7 @@ class CellRunner:
         stdin = cell.stdin  # consumed in place: the cells of one run may share one list
         publish, rid = session.events.publish, cell.request_id
         max_event_bytes = self._settings.max_output_bytes
+        hook = self._stdin_hook
 
         def on_message(channel: str, msg: Message) -> None:
             msg_type, content = msg["msg_type"], msg["content"]
@@ -165,6 +173,9 @@ class CellRunner:
                     # charged what the kernel sent (cleaning and cutting only shrink it)
                     publish(event, min(msg.get("content_bytes", max_event_bytes),
                                        max_event_bytes) + EVENT_OVERHEAD)
+            elif channel == "stdin" and hook is not None and msg_type == "input_request" \
+                    and hook(session, conn, msg):
+                return  # the kernel asked the gateway itself (only ever for its own session)
             elif channel == "stdin" and cell.reply_to is not None:
                 cell.reply_to(channel, msg)
             elif channel == "stdin" and msg_type == "input_request":

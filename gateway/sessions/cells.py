@@ -16,7 +16,7 @@ from gateway import errors, policy
 from gateway.kernel import KernelConnection, Message, Route
 from gateway.metrics import Metrics
 from gateway.models import ExecuteRequest, ExecuteResult, SessionInfo
-from gateway.sessions.cell import Cell, CellRunner
+from gateway.sessions.cell import Cell, CellRunner, StdinHook
 from gateway.sessions.files import SessionFiles
 from gateway.sessions.lifecycle import Lifecycle
 from gateway.sessions.placement import Placement
@@ -28,12 +28,13 @@ T = TypeVar("T")
 
 class Cells:
     def __init__(self, settings: Settings, metrics: Metrics, lifecycle: Lifecycle,
-                 placement: Placement, files: SessionFiles) -> None:
+                 placement: Placement, files: SessionFiles,
+                 stdin_hook: StdinHook | None = None) -> None:
         self._settings = settings
         self._lifecycle = lifecycle
         self._placement = placement
         self._runner = CellRunner(settings, metrics, lifecycle.replace_kernel,
-                                  lifecycle.handing_off, files)
+                                  lifecycle.handing_off, files, stdin_hook)
         self._detached: set[asyncio.Task[Any]] = set()
 
     def check(self, req: ExecuteRequest) -> float:

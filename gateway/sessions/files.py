@@ -217,6 +217,8 @@ class SessionFiles:
         if not session.workspace:
             return [], False
         hints = self._volumes.changes(session.workspace)
+        if hints is not None:  # installed packages are not the cell's files (GET .../packages)
+            hints = {h for h in hints if not _in_packages(h)}
         if hints is not None and not hints:
             return [], False  # nothing was written in the workspace: no need to look
         workspace = Workspace(session.workspace, self._owner)
@@ -235,9 +237,10 @@ class SessionFiles:
             self._metrics.workspace_bytes.labels(session.owner, session.id).set(scan.used_bytes)
         else:
             await self._measure(session)
-        for info in scan.changed:
+        changed = [info for info in scan.changed if not _in_packages(info.path)]
+        for info in changed:
             self._changed(session, info, "written", by_api=False)
-        return scan.changed, scan.truncated
+        return changed, scan.truncated
 
     # ------------------------------------------------------------------ helpers
     def _changed(self, session: Session, info: FileInfo, change: str, *, by_api: bool = True
@@ -249,6 +252,10 @@ class SessionFiles:
 
     def _quota_enforced(self, workspace: Workspace) -> bool:
         return self._volumes.capacity(workspace.root) is not None
+
+    async def room_for(self, session: Session) -> int | None:
+        """Free bytes in the session's workspace under its quota, or None without a bound."""
+        return await self._room(session, self.workspace(session))
 
     async def _room(self, session: Session, workspace: Workspace) -> int | None:
         """Free bytes in the workspace under its quota, or None when it has no bound."""
@@ -267,3 +274,8 @@ class SessionFiles:
             capacity = await asyncio.to_thread(self._volumes.capacity, session.workspace)
             if capacity is not None:
                 self._metrics.workspace_bytes.labels(session.owner, session.id).set(capacity[0])
+
+
+def _in_packages(path: str) -> bool:
+    """Under ``.packages`` (the session's installed packages, see gateway/packages/)."""
+    return path == ".packages" or path.startswith(".packages/")

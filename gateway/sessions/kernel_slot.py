@@ -67,8 +67,9 @@ class Kernels:
     async def _move(self, kernel: StartedKernel, workspace: str) -> StartedKernel | None:
         """Move a pooled kernel into ``workspace`` (its own, fresh one is removed); None if
         the kernel did not do it (it is stopped then)."""
-        code = (f"import os as _o; _o.chdir({workspace!r}); _o.environ['HOME'] = {workspace!r}; "
-                "del _o")
+        code = (f"import os as _o, sys as _s; _o.chdir({workspace!r}); "
+                f"_o.environ['HOME'] = {workspace!r}; _p = _s.modules.get('kernel_pip'); "
+                f"_p and _p.add_to_path({workspace!r}); del _o, _s, _p")  # .packages moves too
         msg = kernel.conn.session.msg("execute_request", {
             "code": code, "silent": True, "store_history": False, "user_expressions": {},
             "allow_stdin": False, "stop_on_error": False})

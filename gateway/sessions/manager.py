@@ -21,6 +21,7 @@ from gateway.capabilities import KernelLibraries
 from gateway.launchers import Launcher
 from gateway.metrics import Metrics
 from gateway.models import CreateSession, SessionInfo
+from gateway.packages import Packages
 from gateway.pool import KernelPool
 from gateway.registry import Registry, SessionRecord
 from gateway.sessions.cells import Cells
@@ -67,10 +68,12 @@ class SessionManager:
         self._upkeep = Upkeep(settings, registry, metrics, self.table, self._leases,
                               self._placement, self._handoff, records, self._lifecycle)
         self.files = SessionFiles(settings, metrics, self.volumes, launcher.workspace_owner)
-        self.cells = Cells(settings, metrics, self._lifecycle, self._placement, self.files)
+        self.packages = Packages(settings, launcher, metrics, self.files)  # pip install
+        self.cells = Cells(settings, metrics, self._lifecycle, self._placement, self.files,
+                           stdin_hook=self.packages.kernel_request)
         self.runs = Runs(settings, self.cells)  # background cells (execute, wait: false)
         self.oneshots = OneShots(settings, metrics, self._lifecycle, self.table, kernels,
-                                 self.files)
+                                 self.files, stdin_hook=self.packages.refuse_request)
         self._loops: list[asyncio.Task[None]] = []  # the reaper and the lease renewer
         self.libraries = KernelLibraries(launcher)  # for /healthz
 
@@ -102,6 +105,7 @@ class SessionManager:
         for task in self._loops:
             task.cancel()
         await self.oneshots.close()
+        await self.packages.close()
         await self.libraries.close()
         await self.pool.close()
         if self.keep_kernels:
@@ -179,6 +183,7 @@ class SessionManager:
         """Stop the session's kernel and remove its sandbox and workspace; its sockets close."""
         if not session.ready.done():
             await asyncio.wait({session.ready})
+        self.packages.cancel(session)
         await self._lifecycle.discard(session, remove_files=True)
 
     async def reap_once(self) -> int:

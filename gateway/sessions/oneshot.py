@@ -40,7 +40,7 @@ from gateway.models import (
     TestResult,
     TestsReport,
 )
-from gateway.sessions.cell import STATE_LOST, Cell, CellRunner, death_error
+from gateway.sessions.cell import STATE_LOST, Cell, CellRunner, StdinHook, death_error
 from gateway.sessions.files import SessionFiles
 from gateway.sessions.kernel_slot import Kernels
 from gateway.sessions.lifecycle import Lifecycle
@@ -91,14 +91,15 @@ def lines(stdin: Stdin | None) -> list[str] | None:
 
 class OneShots:
     def __init__(self, settings: Settings, metrics: Metrics, lifecycle: Lifecycle,
-                 table: SessionTable, kernels: Kernels, files: SessionFiles) -> None:
+                 table: SessionTable, kernels: Kernels, files: SessionFiles,
+                 stdin_hook: StdinHook | None = None) -> None:
         self._settings = settings
         self._lifecycle = lifecycle
         self._table = table
         self._kernels = kernels
         self._files = files
         self._runner = CellRunner(settings, metrics, self._retire, handing_off=lambda: False,
-                                  files=files)
+                                  files=files, stdin_hook=stdin_hook)
         self._live: set[Session] = set()
         self._background: set[asyncio.Task[None]] = set()
 
