@@ -1,5 +1,5 @@
-"""Kernel entry point: ipykernel whose iopub socket never drops output, with the operator's
-module policy.
+"""Kernel entry point: a tuned ipykernel whose iopub socket never drops output, with the
+operator's module policy.
 
 ipykernel's PUB socket keeps ZeroMQ's default send high-water mark (1000 messages) and
 silently drops output beyond it when the reader falls behind (measured: thousands of lines
@@ -17,6 +17,9 @@ had already loaded them (``socket``, ``ctypes`` are). This is defense in depth, 
 security boundary: code in the kernel can still reach a loaded module through
 ``sys.modules`` or other objects, and native code can do anything. The sandbox (container,
 no network) is the boundary.
+
+The kernel itself is configured by ``kernel_tuning.py`` (next to this file): less work per
+cell than stock ipykernel, every behaviour users see kept.
 
 Stand-alone on purpose (no gateway imports): the Docker kernel image runs this same file.
 
@@ -88,10 +91,11 @@ def install_policy(blocked: frozenset[str]) -> None:
 
 
 if __name__ == "__main__":
-    from ipykernel.kernelapp import IPKernelApp
+    import kernel_tuning  # type: ignore[import-not-found]  # next to this file (sys.path[0])
 
-    app = IPKernelApp.instance()
-    app.initialize()  # type: ignore[no-untyped-call]
+    app = kernel_tuning.make_app()
+    app.initialize()
+    kernel_tuning.tune(app)
     policy = blocked_names(os.environ.get(BLOCKED_ENV, ""))
     if policy:  # after the kernel's own imports, before any cell
         install_policy(policy)
