@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from typing import Any
 
 SUBSHELLS_ENV = "EXEC_GATEWAY_KERNEL_SUBSHELLS"
@@ -54,27 +55,49 @@ def subshells_wanted(environ: dict[str, str] | os._Environ[str] = os.environ) ->
     return environ.get(SUBSHELLS_ENV, "") in ("1", "true", "yes")
 
 
+class _NoShellChannel:
+    """Stands for ipykernel 7's shell-channel thread when subshells are off: falsy, so the app
+    and the kernel route shell messages straight to the main thread (they test it for truth),
+    with the one attribute ipykernel still reads from it on that path (``parent_thread``)."""
+
+    def __init__(self) -> None:
+        self.parent_thread = threading.current_thread()
+
+    def __bool__(self) -> bool:
+        return False
+
+
 def make_app() -> Any:
     """The kernel application (an ``IPKernelApp``), configured; call ``initialize()`` on it,
     then ``tune(app)``, then ``start()``."""
+    from ipykernel.ipkernel import IPythonKernel
     from ipykernel.kernelapp import IPKernelApp
     from traitlets.config import Config
 
-    subshells = subshells_wanted()
+    drop_channel_thread = not subshells_wanted() and hasattr(IPythonKernel,
+                                                             "_supports_kernel_subshells")
+
+    class TunedKernel(IPythonKernel):  # type: ignore[misc]
+        @property
+        def _supports_kernel_subshells(self) -> bool:
+            return bool(self.shell_channel_thread)
 
     class TunedKernelApp(IPKernelApp):  # type: ignore[misc]
         def init_sockets(self) -> None:
             super().init_sockets()  # type: ignore[no-untyped-call]
             thread = getattr(self, "shell_channel_thread", None)
-            if thread is not None and not subshells:
-                self.shell_channel_thread = None  # never started: shell messages go straight
-                loop = getattr(thread, "io_loop", None)  # to the main thread's ZMQStream
+            if thread and drop_channel_thread:
+                self.shell_channel_thread = _NoShellChannel()  # the thread is never started
+                loop = getattr(thread, "io_loop", None)
                 if loop is not None:
                     loop.close(all_fds=False)
 
     config = Config()
     config.HistoryManager.hist_file = ":memory:"
-    return TunedKernelApp.instance(config=config)
+    app = TunedKernelApp.instance(config=config)
+    if drop_channel_thread:
+        app.kernel_class = TunedKernel
+    return app
 
 
 def tune(app: Any) -> list[str]:
@@ -95,7 +118,7 @@ def tune(app: Any) -> list[str]:
         applied.append("plain_display")
     if _cache_signatures():
         applied.append("cached_signatures")
-    if getattr(app, "shell_channel_thread", "absent") is None:
+    if isinstance(getattr(app, "shell_channel_thread", None), _NoShellChannel):
         applied.append("no_shell_channel_thread")
     kernel._exec_gateway_tuning = tuple(applied)  # what tests/test_kernel_tuning.py checks
     return applied

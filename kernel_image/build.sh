@@ -179,8 +179,10 @@ fi
 # --- 3. docker build (offline) ----------------------------------------------
 [ -x "$here/kernel-entry" ] || die "kernel_image/kernel-entry is not executable (chmod 0755 it)"
 step "3/3 docker build $KERNEL_IMAGE (FROM $base, --network none)"
-# the kernel's entry module has one source, in the gateway package: copy it into the context
-cp -p "$here/../gateway/kernel_boot.py" "$here/kernel_boot.py"
+# the kernel's entry modules have one source, in the gateway package: copy them into the context
+for module in kernel_boot.py kernel_tuning.py; do
+    cp -p "$here/../gateway/$module" "$here/$module"
+done
 log="$tmpdir/docker-build.log"
 if ! docker build --network none \
         --build-arg BASE="$base" \

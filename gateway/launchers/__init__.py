@@ -21,14 +21,17 @@ if TYPE_CHECKING:
 
 
 BLOCKED_MODULES_ENV = "EXEC_GATEWAY_BLOCKED_MODULES"  # read by kernel_boot.py
+SUBSHELLS_ENV = "EXEC_GATEWAY_KERNEL_SUBSHELLS"  # read by kernel_tuning.py
 
 
 def policy_env(settings: Settings) -> dict[str, str]:
-    """What every kernel's environment carries for the operator's module policy (set last:
-    neither ``kernel_env`` nor a client may change it)."""
-    if not settings.kernel_blocked_modules:
-        return {}
-    return {BLOCKED_MODULES_ENV: ",".join(settings.kernel_blocked_modules)}
+    """What every kernel's environment carries for the operator's kernel policy: the module
+    policy and whether kernel subshells are on (set last: neither ``kernel_env`` nor a client
+    may change them)."""
+    env = {SUBSHELLS_ENV: "1" if settings.kernel_subshells else "0"}
+    if settings.kernel_blocked_modules:
+        env[BLOCKED_MODULES_ENV] = ",".join(settings.kernel_blocked_modules)
+    return env
 
 
 @dataclass(frozen=True)
