@@ -42,17 +42,61 @@ Stand-alone on purpose (no gateway imports): the Docker kernel image ships this 
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import os
+import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 SUBSHELLS_ENV = "EXEC_GATEWAY_KERNEL_SUBSHELLS"
+DEBUGGER_ENV = "EXEC_GATEWAY_KERNEL_DEBUGGER"
+# what the kernel takes from jupyter_client's package: ipykernel.connect's two functions, and
+# the default of a trait of jupyter_client.connect's ConnectionFileMixin (resolved, never used)
+_JUPYTER_CLIENT_LIGHT = {"write_connection_file": "jupyter_client.connect",
+                         "find_connection_file": "jupyter_client.connect",
+                         "BlockingKernelClient": "jupyter_client.blocking"}
 # exact types whose display can only come from text/plain or a printer registered for them
 _PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes})
 
 
-def subshells_wanted(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def subshells_wanted(environ: Mapping[str, str] = os.environ) -> bool:
     return environ.get(SUBSHELLS_ENV, "") in ("1", "true", "yes")
+
+
+def debugger_wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(DEBUGGER_ENV, "") in ("1", "true", "yes")
+
+
+def lazy_jupyter_client() -> bool:
+    """``jupyter_client``'s package without its ``__init__`` until something asks for a name
+    it exports: the kernel needs only ``session``, ``connect`` and a few more submodules, which
+    import as usual, while ``__init__`` pulls in every client, manager and provisioner (with an
+    entry-point scan). Any other attribute (``jupyter_client.KernelManager``...) runs the real
+    ``__init__`` first, so user code sees the whole package."""
+    if "jupyter_client" in sys.modules:
+        return False
+    spec = importlib.util.find_spec("jupyter_client")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return False
+    module = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def __getattr__(name: str) -> Any:
+        if name in _JUPYTER_CLIENT_LIGHT and "__getattr__" in module.__dict__:
+            return getattr(importlib.import_module(_JUPYTER_CLIENT_LIGHT[name]), name)
+        if "__getattr__" in module.__dict__:
+            del module.__dict__["__getattr__"]
+            loader.exec_module(module)  # the real __init__, once
+        try:
+            return module.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module 'jupyter_client' has no attribute {name!r}") from None
+
+    module.__dict__["__getattr__"] = __getattr__
+    sys.modules["jupyter_client"] = module
+    return True
 
 
 class _NoShellChannel:
@@ -70,6 +114,11 @@ class _NoShellChannel:
 def make_app() -> Any:
     """The kernel application (an ``IPKernelApp``), configured; call ``initialize()`` on it,
     then ``tune(app)``, then ``start()``."""
+    lazy_jupyter_client()
+    if not debugger_wanted():
+        # ipykernel imports debugpy (~0.15 s, more in a container) to offer Jupyter's
+        # debugger; unimportable until tune() the kernel reports no debugger
+        sys.modules.setdefault("debugpy", None)  # type: ignore[arg-type]
     from ipykernel.ipkernel import IPythonKernel
     from ipykernel.kernelapp import IPKernelApp
     from traitlets.config import Config
@@ -105,6 +154,11 @@ def tune(app: Any) -> list[str]:
     kernel = app.kernel
     shell = kernel.shell
     applied = []
+    if "debugpy" in sys.modules and sys.modules["debugpy"] is None:
+        del sys.modules["debugpy"]  # importable again by user code
+        applied.append("no_debugger")
+    if "__getattr__" in vars(sys.modules.get("jupyter_client", sys)):
+        applied.append("lazy_jupyter_client")
     if getattr(kernel, "_execute_sleep", 0):
         kernel._execute_sleep = 0.0
         applied.append("execute_sleep")

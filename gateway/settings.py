@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # ipykernel 7's kernel subshells (a shell-channel thread every message crosses): off for
     # speed; on, kernels advertise "kernel subshells" and accept create_subshell_request
     kernel_subshells: bool = False
+    # Jupyter's visual debugger in kernels (ipykernel imports debugpy at start, ~0.15 s): off
+    # for faster starts; on, kernels advertise "debugger" and answer debug_request
+    kernel_debugger: bool = False
 
     reap_connected: bool = False  # also reap idle sessions that a WebSocket is watching
 

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Connect, Gateway
 
 LEVERS = {"execute_sleep", "history_in_memory", "quick_async_check", "skip_empty_flush",
-          "plain_display", "cached_signatures"}
+          "plain_display", "cached_signatures", "no_debugger", "lazy_jupyter_client"}
 
 
 def value(gw: Gateway, sid: str, code: str) -> Any:
@@ -138,6 +138,24 @@ def test_output_of_a_thread_after_the_cell_reaches_the_next_one(gw: Gateway, sid
 def test_input_still_reads_stdin(gw: Gateway, sid: str) -> None:
     result = gw.execute(sid, "print(input('name? ') + '!')", stdin=["ada"])
     assert result["stdout"].endswith("ada!\n"), result
+
+
+def test_lightened_imports_stay_whole_for_user_code(gw: Gateway, sid: str) -> None:
+    got = value(gw, sid, "import json, jupyter_client, debugpy\n"
+                         "from jupyter_client import KernelManager\n"
+                         "print(json.dumps([KernelManager.__name__, jupyter_client.__version__,"
+                         " hasattr(debugpy, 'listen'),"
+                         " hasattr(get_ipython().kernel, 'debugger')]))")
+    assert got[0] == "KernelManager" and got[1][0].isdigit() and got[2] is True
+    assert got[3] is False  # the kernel offers no debugger unless kernel_debugger is on
+
+
+def test_debugger_only_when_the_setting_asks(gateway_factory: Any) -> None:
+    on = gateway_factory(kernel_debugger="true")
+    got = value(on, "d-on", "import json\nk = get_ipython().kernel\n"
+                            "print(json.dumps([hasattr(k, 'debugger'),"
+                            " 'no_debugger' in k._exec_gateway_tuning]))")
+    assert got == [True, False]
 
 
 def test_subshells_only_when_the_setting_asks(gateway_factory: Any) -> None:
