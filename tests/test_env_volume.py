@@ -1,0 +1,91 @@
+"""The kernel image's Python environment on a read-only named volume
+(gateway/launchers/envvolume.py): filled once by the engine from the image, mounted read-only
+at the same path in every kernel container, off when ``docker_env_volume`` is false, and
+cleaned up when its image is gone."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pytest
+
+from gateway.launchers import envvolume
+from tests.conftest import DOCKER_IMAGE, Gateway, docker_instance_id, wait_until
+
+pytestmark = pytest.mark.docker
+
+READY_WAIT_S = 300.0  # the first fill copies ~550 MB inside the engine
+
+
+def image_volume(client: Any) -> str:
+    return envvolume.volume_name(client.images.get(DOCKER_IMAGE).id)
+
+
+def kernel_view(gw: Gateway, sid: str) -> Any:
+    import json
+
+    result = gw.execute(sid, "import json, os, socket, sys\n"
+                             "def attempt(p):\n"
+                             "    try:\n"
+                             "        open(p, 'w').close()\n"
+                             "    except OSError as e:\n"
+                             "        return e.errno\n"
+                             "print(json.dumps([socket.gethostname(), sys.base_prefix,"
+                             " os.__file__, attempt('/opt/kernel/x'),"
+                             " attempt('/opt/kernel/base/lib/python3.11/os.py')]))")
+    assert result["status"] == "ok", result
+    return json.loads(result["stdout"])
+
+
+def test_kernels_read_the_environment_from_a_read_only_volume(
+    gateway_factory: Any, docker_client: Any
+) -> None:
+    gw = gateway_factory(launcher="docker", instance_id=docker_instance_id("envvol"),
+                         pool_size=0)
+    name = image_volume(docker_client)
+    wait_until(lambda: any(v.name == name + envvolume.READY_SUFFIX
+                           for v in docker_client.volumes.list()), READY_WAIT_S, 0.5)
+    volume = docker_client.volumes.get(name)
+    assert volume.attrs["Labels"][envvolume.LABEL_IMAGE_ID] == \
+        docker_client.images.get(DOCKER_IMAGE).id
+    sid = f"env-{secrets.token_hex(3)}"
+    host, base_prefix, os_file, errno_new, errno_existing = kernel_view(gw, sid)
+    container = docker_client.containers.get(host)
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    env = mounts["/opt/kernel"]
+    assert env["Type"] == "volume" and env["Name"] == name and env["RW"] is False
+    assert base_prefix == "/opt/kernel/base" and os_file.startswith("/opt/kernel/base/")
+    assert errno_new == errno_existing == 30  # EROFS: the kernel cannot change its libraries
+    assert gw.execute(sid, "1+1")["outputs"][0]["data"]["text/plain"] == "2"
+
+
+def test_setting_off_runs_the_images_own_files(gateway_factory: Any, docker_client: Any
+                                               ) -> None:
+    gw = gateway_factory(launcher="docker", instance_id=docker_instance_id("noenv"),
+                         pool_size=0, docker_env_volume="false")
+    host, base_prefix, _, errno_new, _ = kernel_view(gw, f"noenv-{secrets.token_hex(3)}")
+    container = docker_client.containers.get(host)
+    assert "/opt/kernel" not in {m["Destination"] for m in container.attrs["Mounts"]}
+    assert base_prefix == "/opt/kernel/base" and errno_new == 30  # the read-only root fs
+
+
+def test_volumes_of_images_that_are_gone_are_removed(docker_client: Any) -> None:
+    gone = "sha256:" + secrets.token_hex(6) + "0" * 52
+    labels = {envvolume.LABEL_MANAGED: "true", envvolume.LABEL_IMAGE_ID: gone}
+    stale = docker_client.volumes.create(envvolume.volume_name(gone), labels=labels)
+    ready = docker_client.volumes.create(envvolume.volume_name(gone) + envvolume.READY_SUFFIX,
+                                         labels=labels)
+    current = image_volume(docker_client)
+    try:
+        removed = envvolume.remove_stale(docker_client)
+        assert {stale.name, ready.name} <= set(removed)
+        assert current not in removed
+        names = {v.name for v in docker_client.volumes.list()}
+        assert stale.name not in names and ready.name not in names
+    finally:
+        for volume in (stale, ready):
+            try:
+                volume.remove(force=True)
+            except Exception:
+                pass
