@@ -26,6 +26,9 @@ the README's performance section):
   of it), which is checked on every call: without one, only ``text/plain`` runs.
 - **``inspect.signature`` per request**: ipykernel inspects ``run_cell``'s signature on every
   execute; the answer is cached per function.
+- **DEBUG log records nobody shows**: the kernel's logger is at DEBUG, its handler at WARNING,
+  so several records per message are built and dropped; the logger's level is raised to what
+  its handlers show.
 - **The shell-channel thread** (ipykernel 7: kernel subshells): every shell message crosses an
   extra thread and inproc socket pair. It is turned off unless ``EXEC_GATEWAY_KERNEL_SUBSHELLS``
   is ``1`` (the gateway's ``kernel_subshells`` setting): a *visible* change, since the kernel
@@ -44,6 +47,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 import threading
@@ -59,6 +63,7 @@ _JUPYTER_CLIENT_LIGHT = {"write_connection_file": "jupyter_client.connect",
                          "BlockingKernelClient": "jupyter_client.blocking"}
 # exact types whose display can only come from text/plain or a printer registered for them
 _PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes})
+_HISTORY_WRITE_EVERY = 100  # cells kept in the in-memory history's cache at most
 
 
 def subshells_wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -164,6 +169,9 @@ def tune(app: Any) -> list[str]:
         applied.append("execute_sleep")
     if _history_in_memory(shell):
         applied.append("history_in_memory")
+    if isinstance(getattr(app, "log", None), logging.Logger) and \
+            _drop_unshown_log_records(app.log):
+        applied.append("no_unshown_log_records")
     if _quick_should_run_async(shell):
         applied.append("quick_async_check")
     if _skip_empty_flush():
@@ -180,16 +188,47 @@ def tune(app: Any) -> list[str]:
 
 def _history_in_memory(shell: Any) -> bool:
     """In-memory history (set by ``make_app``) has no saving thread, so nothing would move the
-    cells' cache into the database that ``%history -g`` searches: write it after each cell."""
+    cells' cache into the database that ``%history -g``/``-l``, ``%rerun`` etc. query: the
+    cache is written out before any query reads the database (every read goes through
+    ``_run_sql``), and every ``WRITE_EVERY`` cells so it stays small."""
     history = shell.history_manager
-    if history is None or history.hist_file != ":memory:" or not history.enabled:
+    if history is None or history.hist_file != ":memory:" or not history.enabled \
+            or not callable(getattr(history, "_run_sql", None)):
         return False
+    run_sql = history._run_sql
 
-    def write_out(*_: Any) -> None:
+    def write_out() -> None:
         if history.db_input_cache or history.db_output_cache:
             history.writeout_cache()
 
-    shell.events.register("post_execute", write_out)
+    def _run_sql(*args: Any, **kwargs: Any) -> Any:
+        write_out()
+        return run_sql(*args, **kwargs)
+
+    def after_cell(*_: Any) -> None:
+        if len(history.db_input_cache) >= _HISTORY_WRITE_EVERY:
+            write_out()
+
+    history._run_sql = _run_sql
+    shell.events.register("post_execute", after_cell)
+    return True
+
+
+def _drop_unshown_log_records(logger: logging.Logger) -> bool:
+    """The kernel's logger is at DEBUG while its only handler shows WARNING and up: ipykernel
+    builds several DEBUG records per message that nothing shows. The logger's level is raised
+    to the lowest level any handler it reaches shows (so what is shown does not change)."""
+    levels: list[int] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        levels.extend(handler.level for handler in current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent
+    floor = min(levels) if levels else logging.WARNING  # logging.lastResort's level
+    if logger.getEffectiveLevel() >= floor:
+        return False
+    logger.setLevel(floor)
     return True
 
 

@@ -14,7 +14,8 @@ import pytest
 from tests.conftest import Connect, Gateway
 
 LEVERS = {"execute_sleep", "history_in_memory", "quick_async_check", "skip_empty_flush",
-          "plain_display", "cached_signatures", "no_debugger", "lazy_jupyter_client"}
+          "plain_display", "cached_signatures", "no_debugger", "lazy_jupyter_client",
+          "no_unshown_log_records"}
 
 
 def value(gw: Gateway, sid: str, code: str) -> Any:
