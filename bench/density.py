@@ -121,6 +121,8 @@ async def density_section(config: BenchConfig, results: dict[str, Any],
     gw_id = docker_sandbox.instance_id("density")
     settings = {"max_sessions": str(top + 8), "max_sessions_per_key": str(top + 8),
                 "pool_size": "0", "log_level": "WARNING", "launcher": "docker",
+                # the active session's connection waits while the idle ones are opened
+                "keepalive_timeout_s": "3600",
                 "instance_id": gw_id, "docker_image": config.docker_image}
     out.update({"instance_id": gw_id, "image": config.docker_image, "steps": [],
                 "min_free_mb": config.density_min_free_mb, "max_s": config.density_max_s})
