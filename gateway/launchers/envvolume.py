@@ -15,7 +15,8 @@ the same path. Same files, same paths; the volume is a plain directory of the en
 The volume is named after the image id (``exec-gateway-env-<12 hex>``), so a rebuilt image gets
 its own. A second, empty volume (``...-ready``) is created once the copy has finished: a copy
 interrupted half-way (a killed gateway) is thrown away and redone. Two gateways filling at once
-meet on the filler container's name (fixed, unique per image): the second waits for the first.
+meet on the filler container's name (fixed, unique per image): the second waits for the first
+(and takes over when that filler is older than ``STALE_FILLER_S``: its gateway died).
 The copy runs in the background after start-up; kernels started meanwhile read the image's own
 files (slower, same behaviour). Volumes of images that no longer exist are removed (those in
 use by a container are left). ``docker_env_volume=false`` turns all of this off.
@@ -42,6 +43,7 @@ LABEL_IMAGE_ID = "exec-gateway.image-id"  # on the volumes: the image they were 
 PREFIX = "exec-gateway-env-"
 READY_SUFFIX = "-ready"
 FILL_WAIT_S = 600.0  # how long a second gateway waits for another one's copy
+STALE_FILLER_S = 180.0  # a filler container older than this belongs to a gateway that died
 
 
 def volume_name(image_id: str) -> str:
@@ -160,11 +162,11 @@ def _fill(api: Any, image_id: str, name: str, path: str) -> bool:
 
 
 def _remove_stale_filler(api: Any, filler: str) -> None:
-    """A filler container left by a gateway that died mid-copy (older than the longest wait)."""
+    """A filler container left by a gateway that died mid-copy (a copy takes ~15 s here)."""
     with contextlib.suppress(docker.errors.DockerException):
         created = api.inspect_container(filler).get("Created", "")
         age = datetime.now(UTC) - datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00")
-        if age.total_seconds() > FILL_WAIT_S:
+        if age.total_seconds() > STALE_FILLER_S:
             api.remove_container(filler, force=True)
 
 
