@@ -9,6 +9,7 @@ import secrets
 from typing import Any
 
 import pytest
+from docker.types import Mount
 
 from gateway.launchers import envvolume
 from tests.conftest import DOCKER_IMAGE, Gateway, docker_instance_id, wait_until
@@ -87,5 +88,40 @@ def test_volumes_of_images_that_are_gone_are_removed(docker_client: Any) -> None
         for volume in (stale, ready):
             try:
                 volume.remove(force=True)
+            except Exception:
+                pass
+
+
+def test_an_interrupted_copy_is_thrown_away_and_redone(docker_client: Any) -> None:
+    """A volume left half-filled (no ready marker) is emptied and filled again; a filler
+    container of another gateway makes this one wait instead."""
+    api = docker_client.api
+    image_id = docker_client.images.get(DOCKER_IMAGE).id
+    name = f"exec-gateway-env-test{secrets.token_hex(3)}"
+    labels = {envvolume.LABEL_MANAGED: "true", envvolume.LABEL_IMAGE_ID: image_id}
+    docker_client.volumes.create(name, labels=labels)
+    try:  # a leftover file of the interrupted copy, written by a throwaway container
+        docker_client.containers.run(
+            image_id, ["-c", "touch /opt/kernel/leftover"], entrypoint="/bin/sh", user="0",
+            network_mode="none", remove=True,
+            mounts=[Mount(target="/opt/kernel", source=name, type="volume",
+                                    no_copy=True)])
+        other = api.create_container(image_id, name=f"{name}-fill", entrypoint=["/bin/true"],
+                                     labels=labels)
+        assert envvolume._fill(api, image_id, name, "/opt/kernel") is False  # it waits
+        api.remove_container(other["Id"], force=True)
+        assert envvolume._fill(api, image_id, name, "/opt/kernel") is True
+        listing = docker_client.containers.run(
+            image_id, ["-c", "ls /opt/kernel; /opt/kernel/bin/python -c 'print(6 * 7)'"],
+            entrypoint="/bin/sh", network_mode="none", remove=True,
+            mounts=[Mount(target="/opt/kernel", source=name, type="volume",
+                                    read_only=True, no_copy=True)]).decode()
+        assert "leftover" not in listing and "base" in listing and listing.endswith("42\n")
+        assert docker_client.volumes.get(name + envvolume.READY_SUFFIX)
+        assert not docker_client.containers.list(all=True, filters={"name": f"{name}-fill"})
+    finally:
+        for volume in (name, name + envvolume.READY_SUFFIX):
+            try:
+                docker_client.volumes.get(volume).remove(force=True)
             except Exception:
                 pass
