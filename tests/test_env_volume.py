@@ -125,3 +125,40 @@ def test_an_interrupted_copy_is_thrown_away_and_redone(docker_client: Any) -> No
                 docker_client.volumes.get(volume).remove(force=True)
             except Exception:
                 pass
+
+
+def test_a_rebuilt_image_never_gets_the_old_images_volume(
+    gateway_factory: Any, docker_client: Any
+) -> None:
+    """The tag a gateway runs moves to another image (a rebuild): new kernels run that image
+    without the old image's environment volume (here the new image names no env path)."""
+    import io
+
+    tag = f"exec-gateway-kernel:envtest-{secrets.token_hex(3)}"
+    docker_client.images.get(DOCKER_IMAGE).tag(tag)
+    rebuilt = None
+    try:
+        gw = gateway_factory(launcher="docker", instance_id=docker_instance_id("retag"),
+                             pool_size=0, docker_image=tag)
+        name = image_volume(docker_client)
+        wait_until(lambda: any(v.name == name + envvolume.READY_SUFFIX
+                               for v in docker_client.volumes.list()), READY_WAIT_S, 0.5)
+        sessions = [f"a-{secrets.token_hex(3)}", f"b-{secrets.token_hex(3)}"]
+        before = kernel_view(gw, sessions[0])[0]
+        mounts = {m["Destination"] for m in docker_client.containers.get(before).attrs["Mounts"]}
+        assert "/opt/kernel" in mounts
+        dockerfile = f"FROM {DOCKER_IMAGE}\nLABEL {envvolume.LABEL_ENV_PATH}=\"\"\n".encode()
+        rebuilt, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag,
+                                                network_mode="none", rm=True)
+        after = kernel_view(gw, sessions[1])[0]
+        container = docker_client.containers.get(after)
+        assert container.attrs["Image"] == rebuilt.id
+        assert "/opt/kernel" not in {m["Destination"] for m in container.attrs["Mounts"]}
+        for session in sessions:  # their containers go, so the test's image can go too
+            gw.http.delete(f"/v1/sessions/{session}")
+    finally:
+        for image in (tag, *([rebuilt.id] if rebuilt is not None else [])):
+            try:
+                docker_client.images.remove(image, force=True)
+            except Exception:
+                pass

@@ -320,6 +320,10 @@ class DockerLauncher:
         assert self._client is not None
         api = self._client.api
         limits = spec.limits
+        # the env volume of the image this tag names now (a rebuilt image has its own)
+        env_mounts = (self.env_volume.mounts(self._client, str(
+            api.inspect_image(self._settings.docker_image)["Id"]))
+            if self._settings.docker_env_volume else [])
         disk = f"size={limits.disk_mb}m" if limits.disk_mb else ""
         uid = self._settings.docker_kernel_uid
         host_config = api.create_host_config(
@@ -334,7 +338,7 @@ class DockerLauncher:
             mounts=[Mount(target=KERNEL_DIR, source=str(socket_dir), type="bind"),
                     *([Mount(target="/work", source=spec.workspace, type="bind")]
                       if spec.workspace else []),
-                    *self.env_volume.mounts()],  # read-only
+                    *env_mounts],  # read-only
             cap_drop=["ALL"],
             security_opt=["no-new-privileges", self._seccomp],
             pids_limit=limits.pids,

@@ -51,60 +51,78 @@ def volume_name(image_id: str) -> str:
 
 
 class EnvVolume:
-    """The env volume of one image for one launcher: ``mounts()`` is empty until it is ready."""
+    """The env volumes one launcher uses, by image id: ``mounts(image_id)`` is empty until that
+    image's volume is ready (and starts preparing it in the background)."""
 
     def __init__(self, image: str, enabled: bool) -> None:
-        self._image = image
+        self._image = image  # the tag the launcher runs, prepared as soon as the engine answers
         self._enabled = enabled
-        self._mount: Mount | None = None
-        self._thread: threading.Thread | None = None
+        self._ready: dict[str, Mount | None] = {}  # image id → its mount (None: no env path)
+        self._preparing: set[str] = set()
         self._lock = threading.Lock()
+        self._cleaned = False
         self.state = "off" if not enabled else "pending"  # pending, filling, ready, none, failed
 
-    def mounts(self) -> list[Mount]:
-        return [self._mount] if self._mount is not None else []
-
     def start(self, client: docker.DockerClient) -> None:
-        """Prepare the volume in a background thread (once)."""
+        """Prepare the volume of the launcher's image in the background (once per image)."""
+        if self._enabled:
+            self._begin(client, self._image)
+
+    def mounts(self, client: docker.DockerClient, image_id: str) -> list[Mount]:
+        """The read-only mount for a container of ``image_id``: none until its volume is ready
+        (a rebuilt image under the same tag gets its own volume; kernels read the image's own
+        files meanwhile)."""
+        if not self._enabled:
+            return []
         with self._lock:
-            if not self._enabled or self._thread is not None:
+            if image_id in self._ready:
+                mount = self._ready[image_id]
+                return [mount] if mount is not None else []
+        self._begin(client, image_id)
+        return []
+
+    def _begin(self, client: docker.DockerClient, image: str) -> None:
+        with self._lock:
+            if image in self._preparing or image in self._ready:
                 return
-            self._thread = threading.Thread(target=self._prepare, args=(client,),
-                                            name="docker-env-volume", daemon=True)
-            self._thread.start()
+            self._preparing.add(image)
+        threading.Thread(target=self._prepare, args=(client, image), name="docker-env-volume",
+                         daemon=True).start()
 
-    def wait(self, timeout_s: float) -> bool:
-        """For tests and tools: True once the volume is ready."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout_s)
-        return self._mount is not None
-
-    def _prepare(self, client: docker.DockerClient) -> None:
+    def _prepare(self, client: docker.DockerClient, image: str) -> None:
         try:
-            self._mount = prepare(client, self._image, self._on_fill)
-            self.state = "ready" if self._mount is not None else "none"
+            image_id, mount = prepare(client, image, self._on_fill)
         except (docker.errors.DockerException, OSError, TimeoutError) as exc:
             self.state = "failed"
             log.warning("kernel env volume unavailable, kernels read the image's own files: %s",
                         exc)
+            with self._lock:
+                self._preparing.discard(image)  # tried again at the next launch
             return
-        with contextlib.suppress(docker.errors.DockerException, OSError):
-            remove_stale(client)
+        with self._lock:
+            self._ready[image_id] = mount
+            self._preparing.discard(image)
+            clean, self._cleaned = not self._cleaned, True
+        self.state = "ready" if mount is not None else "none"
+        if clean:
+            with contextlib.suppress(docker.errors.DockerException, OSError):
+                remove_stale(client)
 
     def _on_fill(self) -> None:
         self.state = "filling"
 
 
-def prepare(client: docker.DockerClient, image: str, on_fill: Any = None) -> Mount | None:
-    """The read-only mount of ``image``'s env volume, filled first if needed (blocking; minutes
-    at most). None when the image names no env path. Raises DockerException, TimeoutError."""
+def prepare(client: docker.DockerClient, image: str, on_fill: Any = None
+            ) -> tuple[str, Mount | None]:
+    """``image``'s id and the read-only mount of its env volume, filled first if needed
+    (blocking; minutes at most); None when the image names no env path. Raises
+    DockerException, TimeoutError."""
     api = client.api
     attrs = api.inspect_image(image)
+    image_id = str(attrs["Id"])
     path = ((attrs.get("Config") or {}).get("Labels") or {}).get(LABEL_ENV_PATH)
     if not path:
-        return None
-    image_id = str(attrs["Id"])
+        return image_id, None
     name = volume_name(image_id)
     deadline = time.monotonic() + FILL_WAIT_S
     while not _exists(api, name + READY_SUFFIX):
@@ -114,7 +132,7 @@ def prepare(client: docker.DockerClient, image: str, on_fill: Any = None) -> Mou
             on_fill()
         if not _fill(api, image_id, name, path):
             time.sleep(1.0)  # another gateway is filling it
-    return Mount(target=path, source=name, type="volume", read_only=True, no_copy=True)
+    return image_id, Mount(target=path, source=name, type="volume", read_only=True, no_copy=True)
 
 
 def _exists(api: Any, name: str) -> bool:
