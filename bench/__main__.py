@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import client_sdk, files, oneshot, packages, replicas, sections
+from bench import client_sdk, density, files, kernel_cost, oneshot, packages, replicas, sections
 from bench.config import BenchConfig, load
 from bench.gateway_rest import ROOT, GatewayProcess, RestTarget, start_gateway, stop_gateway
 from bench.jupyter_ws import JupyterTarget
@@ -86,6 +86,7 @@ def new_results(config: BenchConfig) -> dict[str, Any]:
         "config": dataclasses.asdict(config),
         "latency": {}, "throughput": {}, "session_start": {}, "stream": {}, "memory": {},
         "replicas": {}, "docker": {}, "oneshot": {}, "files": {}, "packages": {},
+        "density": {}, "kernel_cost": {},
         "errors": {}, "notes": [], "section_seconds": {},
     }
 
@@ -171,6 +172,7 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         raw.close()
         raw_gw.close()
         raw_stream.close()
+    await _section(results, "kernel_cost", _kernel_cost(config, tracker, results))
     await _section(results, "pool_start", sections.pool_start_section(config, results, tracker))
     await _section(results, "client_sdk", client_sdk.client_sdk_section(config, results, tracker))
     await _section(results, "memory", sections.memory_section(config, results, tracker))
@@ -188,6 +190,16 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         await _section(results, "files", files.files_section(config, results, tracker))
     else:
         results["files"]["skipped"] = "turned off (--no-files or BENCH_FILES=0)"
+    if config.density and config.docker:
+        await _section(results, "density", density.density_section(config, results, tracker))
+    else:
+        results["density"]["skipped"] = "turned off (--no-density, --no-docker or BENCH_DENSITY=0)"
+
+
+async def _kernel_cost(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
+                       ) -> None:
+    """The kernel alone: stock ipykernel_launcher vs the gateway's tuned boot shim, read raw."""
+    results["kernel_cost"].update(await kernel_cost.kernel_cost(config, tracker))
 
 
 async def run_files(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
@@ -209,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the two-replica (Redis registry) forwarding section")
     parser.add_argument("--no-files", action="store_true",
                         help="skip the files API section (throughput, files_changed cost)")
+    parser.add_argument("--no-density", action="store_true",
+                        help="skip the sessions-per-machine section (idle docker sessions)")
+    parser.add_argument("--only-density", action="store_true",
+                        help="run the sessions-per-machine section only")
     parser.add_argument("--only-files", action="store_true",
                         help="run the files API section only")
     parser.add_argument("--only-packages", action="store_true",
@@ -221,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                       docker=False if args.no_docker else None,
                       replicas=False if args.no_replicas else None,
                       profile=True if args.profile else None,
-                      files=False if args.no_files else None)
+                      files=False if args.no_files else None,
+                      density=False if args.no_density else None)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -236,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run_files(config, tracker, results) if args.only_files
                     else run_packages(config, tracker, results) if args.only_packages
-                    else run(config, tracker, results))
+                    else _section(results, "density",
+                                  density.density_section(config, results, tracker))
+                    if args.only_density else run(config, tracker, results))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted; stopping everything started")
         results["interrupted"] = True

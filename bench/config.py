@@ -32,6 +32,12 @@ class BenchConfig:
     docker_image: str = "exec-gateway-kernel:latest"  # the kernel image the docker gateways run
     docker_idle_sessions: int = 10  # idle sessions per launcher for the Docker memory figures
     files: bool = True  # the files API section (throughput vs docker cp, files_changed cost)
+    density: bool = True  # sessions per machine: idle docker sessions opened in steps
+    density_steps: tuple[int, ...] = (50, 100, 200, 400, 600)  # idle sessions at each step
+    density_max_s: float = 210.0  # the density section stops opening sessions after this
+    density_min_free_mb: int = 3072  # ... or when the host's MemAvailable falls below this
+    density_sample: int = 20  # containers whose cgroup/shim/storage daemon are read per step
+    density_latency_calls: int = 200  # 1+1 on the active session at each step
     file_mb: int = 100  # size of the file uploaded and downloaded
     file_rounds: int = 3  # timed uploads/downloads per way
     file_scan_iterations: int = 300  # executes per session for the files_changed cost
@@ -45,7 +51,8 @@ class BenchConfig:
 QUICK = BenchConfig(iterations=300, rounds=4, warmup=30, kg_iterations=100, loop_max_s=30.0,
                     throughput_s=2.0, starts=4, idle_sessions=20, idle_window_s=2.0,
                     docker_idle_sessions=3, profile_s=5.0, file_mb=50, file_rounds=2,
-                    file_scan_iterations=100)
+                    file_scan_iterations=100, density_steps=(10, 20), density_max_s=60.0,
+                    density_latency_calls=100)
 
 
 def _parse(current: object, text: str) -> object:

@@ -134,10 +134,10 @@ class RawTarget:
     def __init__(self, tracker: ProcessTracker, lift_iopub_hwm: bool = False,
                  name: str = "raw") -> None:
         """``lift_iopub_hwm``: run the kernel through the gateway's ``kernel_boot.py`` shim, as
-        its local launcher does (iopub's send high-water mark lifted, the kernel configured
-        as the gateway configures its own), instead of stock ``ipykernel_launcher``: stock
-        ipykernel drops iopub messages beyond 1000 queued, so a flushed-print stream read by
-        a slower client loses lines."""
+        its local launcher does (iopub's send high-water mark lifted, and the kernel tuned by
+        ``kernel_tuning.py``), instead of ``ipykernel_launcher``: stock ipykernel drops iopub
+        messages beyond 1000 queued, so a flushed-print stream read by a slower client loses
+        lines. Without it (the latency reference): stock ipykernel as shipped."""
         self.name = name
         self._tracker = tracker
         self.lift_iopub_hwm = lift_iopub_hwm

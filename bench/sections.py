@@ -119,7 +119,7 @@ async def stream_section(config: BenchConfig, results: dict[str, Any],
         finally:
             await executor.close()
         if isinstance(target, RawTarget):
-            figures["kernel"] = ("gateway/kernel_boot.py (iopub send HWM lifted)"
+            figures["kernel"] = ("gateway/kernel_boot.py (tuned, iopub send HWM lifted)"
                                  if target.lift_iopub_hwm else "ipykernel_launcher")
         results["stream"][target.name] = figures
 

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     run_keep_per_session: int = Field(32, ge=1)  # finished runs kept per session (oldest go)
     # modules kernels refuse to import (an audit hook; defense in depth, not a boundary)
     kernel_blocked_modules: list[str] = []
+    # ipykernel 7's kernel subshells (a shell-channel thread every message crosses): off for
+    # speed; on, kernels advertise "kernel subshells" and accept create_subshell_request
+    kernel_subshells: bool = False
+    # Jupyter's visual debugger in kernels (ipykernel imports debugpy at start, ~0.15 s): off
+    # for faster starts; on, kernels advertise "debugger" and answer debug_request
+    kernel_debugger: bool = False
 
     reap_connected: bool = False  # also reap idle sessions that a WebSocket is watching
 
@@ -168,6 +174,9 @@ class Settings(BaseSettings):
     # seccomp profile (Docker's JSON format) for kernel containers; None: the bundled one,
     # Docker's default less what a Python kernel never needs (see the README)
     docker_seccomp_profile: Path | None = None
+    # the image's Python environment (its exec-gateway.env-path label) on a read-only named
+    # volume the engine fills once from the image: imports skip copy-on-write storage
+    docker_env_volume: bool = True
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

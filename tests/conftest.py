@@ -111,6 +111,8 @@ def start_gateway(tmp: Path, *, prefix: list[str] | None = None, **settings: Any
     }
     if os.environ.get("DOCKER_HOST"):
         env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    if os.environ.get("GATEWAY_DOCKER_IMAGE"):
+        env["GATEWAY_DOCKER_IMAGE"] = os.environ["GATEWAY_DOCKER_IMAGE"]
     for key, value in settings.items():
         env[f"GATEWAY_{key.upper()}"] = str(value)
     log_path = tmp / f"gateway-{port}.log"
@@ -163,7 +165,8 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 # ------------------------------------------------------------------ docker
-DOCKER_IMAGE = "exec-gateway-kernel:latest"
+# the kernel image the docker tests run (GATEWAY_DOCKER_IMAGE picks another tag, e.g. a branch's)
+DOCKER_IMAGE = os.environ.get("GATEWAY_DOCKER_IMAGE") or "exec-gateway-kernel:latest"
 LABEL_MANAGED = "exec-gateway.managed"
 LABEL_GATEWAY = "exec-gateway.gateway"
 RUN_ID = secrets.token_hex(3)  # instance ids of this run's docker gateways start with t<RUN_ID>

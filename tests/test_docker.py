@@ -147,10 +147,10 @@ out = [os.path.exists('/var/run/docker.sock') or os.path.exists('/run/docker.soc
     docker_sock, host_paths = seen
     assert docker_sock is False
     # /kernel is the session's socket dir, /work its workspace; the rest are the engine's
-    # per-container files
+    # per-container files and the image's Python environment (a read-only volume)
     assert set(host_paths) <= {"/kernel", "/work", "/etc/hosts", "/etc/hostname",
                                "/etc/resolv.conf", "/sbin/docker-init",
-                               "/usr/sbin/docker-init"}, host_paths
+                               "/usr/sbin/docker-init", "/opt/kernel"}, host_paths
     assert "/kernel" in host_paths and "/work" in host_paths
 
 
@@ -209,6 +209,8 @@ def test_container_is_created_locked_down_with_default_limits(
     assert "size=64m" in host["Tmpfs"]["/tmp"] and "/work" not in host["Tmpfs"]
     assert not host.get("Binds")
     mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
+    env = mounts.pop("/opt/kernel", None)  # absent while the env volume is being filled
+    assert env is None or (env["Type"] == "volume" and env["RW"] is False), env
     assert {(m["Type"], d) for d, m in mounts.items()} == {("bind", "/kernel"), ("bind", "/work")}
     runtime_dir = gw.env["GATEWAY_RUNTIME_DIR"]
     assert Path(mounts["/kernel"]["Source"]).parent == Path(runtime_dir)

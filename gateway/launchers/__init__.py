@@ -22,14 +22,19 @@ if TYPE_CHECKING:
 
 
 BLOCKED_MODULES_ENV = "EXEC_GATEWAY_BLOCKED_MODULES"  # read by kernel_boot.py
+SUBSHELLS_ENV = "EXEC_GATEWAY_KERNEL_SUBSHELLS"  # read by kernel_tuning.py
+DEBUGGER_ENV = "EXEC_GATEWAY_KERNEL_DEBUGGER"  # read by kernel_tuning.py
 
 
 def policy_env(settings: Settings) -> dict[str, str]:
-    """What every kernel's environment carries for the operator's module policy (set last:
-    neither ``kernel_env`` nor a client may change it)."""
-    if not settings.kernel_blocked_modules:
-        return {}
-    return {BLOCKED_MODULES_ENV: ",".join(settings.kernel_blocked_modules)}
+    """What every kernel's environment carries for the operator's kernel policy: the module
+    policy, whether kernel subshells and the debugger are on (set last: neither ``kernel_env``
+    nor a client may change them)."""
+    env = {SUBSHELLS_ENV: "1" if settings.kernel_subshells else "0",
+           DEBUGGER_ENV: "1" if settings.kernel_debugger else "0"}
+    if settings.kernel_blocked_modules:
+        env[BLOCKED_MODULES_ENV] = ",".join(settings.kernel_blocked_modules)
+    return env
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ five sockets exist the directory goes to 2750, so the kernel cannot write to the
 Workspace: ``/work`` is the session's workspace directory on the host (gateway/volumes.py:
 a loop-mounted image of ``disk_mb`` when the gateway is root), bind-mounted, so it outlives
 the container: a restart, an OOM kill or a takeover gives the next container the same files.
+The image's Python environment comes from a read-only named volume made once from the image
+(gateway/launchers/envvolume.py, ``docker_env_volume``).
 It belongs to the kernel's user (``docker_kernel_uid``/gid) when the gateway is root, else to
 the gateway with the shared group (setgid, 2770). A started container cannot be given another
 mount, so a pooled container comes with a fresh workspace of its own, which a new session
@@ -71,6 +73,7 @@ from gateway.launchers import (
     SandboxRun,
     policy_env,
 )
+from gateway.launchers.envvolume import EnvVolume
 from gateway.launchers.meters import CgroupFiles, CgroupMeter, cgroup_files
 from gateway.settings import Settings
 
@@ -134,6 +137,7 @@ class DockerLauncher:
         profile = json.loads((settings.docker_seccomp_profile or SECCOMP_PROFILE).read_text())
         self._seccomp = "seccomp=" + json.dumps(profile, separators=(",", ":"))
         self._client: docker.DockerClient | None = None
+        self.env_volume = EnvVolume(settings.docker_image, settings.docker_env_volume)
         self._start_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exits: dict[str, asyncio.Future[ExitInfo]] = {}  # container id → its exit
@@ -174,6 +178,7 @@ class DockerLauncher:
             deadline_s = self._settings.docker_api_timeout_s
             if not await asyncio.to_thread(self._events_subscribed.wait, deadline_s):
                 raise LauncherUnavailable("the Docker engine's event stream did not open")
+            self.env_volume.start(self._client)  # in the background, once
             return self._client
 
     async def check(self) -> None:
@@ -322,6 +327,10 @@ class DockerLauncher:
         assert self._client is not None
         api = self._client.api
         limits = spec.limits
+        # the env volume of the image this tag names now (a rebuilt image has its own)
+        env_mounts = (self.env_volume.mounts(self._client, str(
+            api.inspect_image(self._settings.docker_image)["Id"]))
+            if self._settings.docker_env_volume else [])
         disk = f"size={limits.disk_mb}m" if limits.disk_mb else ""
         uid = self._settings.docker_kernel_uid
         host_config = api.create_host_config(
@@ -335,7 +344,8 @@ class DockerLauncher:
             shm_size=f"{limits.disk_mb}m" if limits.disk_mb else None,
             mounts=[Mount(target=KERNEL_DIR, source=str(socket_dir), type="bind"),
                     *([Mount(target="/work", source=spec.workspace, type="bind")]
-                      if spec.workspace else [])],
+                      if spec.workspace else []),
+                    *env_mounts],  # read-only
             cap_drop=["ALL"],
             security_opt=["no-new-privileges", self._seccomp],
             pids_limit=limits.pids,
