@@ -111,6 +111,7 @@ class DockerLauncher:
     name = "docker"
     kernels_outlive_gateway = True
     moves_workspace = False  # a running container's mounts are fixed at creation
+    workspace_in_kernel: str | None = "/work"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
