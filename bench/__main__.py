@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import client_sdk, files, oneshot, replicas, sections
+from bench import client_sdk, files, hibernate, oneshot, replicas, sections
 from bench.config import BenchConfig, load
 from bench.gateway_rest import ROOT, GatewayProcess, RestTarget, start_gateway, stop_gateway
 from bench.jupyter_ws import JupyterTarget
@@ -85,7 +85,7 @@ def new_results(config: BenchConfig) -> dict[str, Any]:
         },
         "config": dataclasses.asdict(config),
         "latency": {}, "throughput": {}, "session_start": {}, "stream": {}, "memory": {},
-        "replicas": {}, "docker": {}, "oneshot": {}, "files": {},
+        "replicas": {}, "docker": {}, "oneshot": {}, "files": {}, "hibernate": {},
         "errors": {}, "notes": [], "section_seconds": {},
     }
 
@@ -182,11 +182,21 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         await _section(results, "files", files.files_section(config, results, tracker))
     else:
         results["files"]["skipped"] = "turned off (--no-files or BENCH_FILES=0)"
+    if config.hibernate:
+        await _section(results, "hibernate",
+                       hibernate.hibernate_section(config, results, tracker))
+    else:
+        results["hibernate"]["skipped"] = "turned off (BENCH_HIBERNATE=0)"
 
 
 async def run_files(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
                     ) -> None:
     await _section(results, "files", files.files_section(config, results, tracker))
+
+
+async def run_hibernate(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
+                        ) -> None:
+    await _section(results, "hibernate", hibernate.hibernate_section(config, results, tracker))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the files API section (throughput, files_changed cost)")
     parser.add_argument("--only-files", action="store_true",
                         help="run the files API section only")
+    parser.add_argument("--only-hibernate", action="store_true",
+                        help="run the hibernation section only")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the gateway with py-spy during an extra REST loop")
     args = parser.parse_args(argv)
@@ -222,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         asyncio.run(run_files(config, tracker, results) if args.only_files
+                    else run_hibernate(config, tracker, results) if args.only_hibernate
                     else run(config, tracker, results))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted; stopping everything started")
