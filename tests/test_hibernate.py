@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 import pytest
 
@@ -96,6 +97,7 @@ def test_on_demand_hibernation_keeps_values_and_files_and_the_next_call_restores
     first = gw.execute("s1", CHECK)
     assert first["status"] == "ok", first
     assert first["stdout"] == CHECKED
+    assert 'gateway_restores_total{status="restored"} 1.0' in gw.http.get("/metrics").text
     assert first["generation"] == 2 and first["state_preserved"] is False
     restored = first["restored"]
     assert restored["status"] == "restored" and restored["files"] == 1
@@ -113,10 +115,12 @@ def test_the_reaper_hibernates_idle_sessions_instead_of_deleting_them(start: Any
     gw = start(reap_action="hibernate", idle_timeout_s=1, reap_interval_s=0.5)
     assert gw.execute("s1", "kept = [1, 2, 3]")["status"] == "ok"
     wait_until(lambda: gw.http.get("/v1/sessions/s1").json()["state"] == "hibernated", 30)
-    if start.launcher == "docker":
-        wait_until(lambda: len([c for c in containers_of(
-            __import__("docker").from_env(), gw.env["GATEWAY_INSTANCE_ID"])
-            if c.labels.get("exec-gateway.session") == "s1"]) == 0, 30)
+    if start.launcher == "docker":  # the session's container is gone: only the pool's is left
+        client = docker.from_env()
+        wait_until(lambda: len(containers_of(client, gw.env["GATEWAY_INSTANCE_ID"])) == 1, 30)
+        client.close()
+    wait_until(lambda: 'gateway_hibernations_total{outcome="ok"} 1.0' in gw.http.get(
+        "/metrics").text, 30)
     result = gw.execute("s1", "sum(kept)")
     assert result["outputs"][0]["data"]["text/plain"] == "6"
     assert result["restored"]["variables"] == ["kept"]
@@ -299,3 +303,20 @@ def test_another_replica_restores_a_session_hibernated_at_shutdown_through_s3(
     assert set(result["restored"]["variables"]) == {"np", "v"}
     assert "session restored" in b.log()
     assert b.http.delete("/v1/sessions/s1").status_code == 204  # no kernel left behind
+
+
+def test_installed_packages_come_back_and_are_counted_apart_from_files(start: Any) -> None:
+    # the packages API installs into <workspace>/.packages; written here the same way
+    gw = start()
+    gw.execute("s1", "import os\n"
+                     "os.makedirs('.packages/tinypkg-1.0.dist-info')\n"
+                     "os.makedirs('.packages/tinypkg')\n"
+                     "open('.packages/tinypkg-1.0.dist-info/METADATA', 'w').write('Name: x')\n"
+                     "open('.packages/tinypkg/__init__.py', 'w').write('VALUE = 5')\n"
+                     "open('own.txt', 'w').write('mine')")
+    body = hibernate(gw, "s1")
+    assert (body["files"], body["packages"]) == (1, 1)
+    result = gw.execute("s1", "import sys; sys.path.insert(0, '.packages'); import tinypkg\n"
+                              "print(tinypkg.VALUE, open('own.txt').read())")
+    assert result["stdout"] == "5 mine\n"
+    assert (result["restored"]["files"], result["restored"]["packages"]) == (1, 1)

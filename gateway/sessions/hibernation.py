@@ -68,7 +68,13 @@ class Hibernation:
         async with session.queue.turn():
             if session.closed:
                 raise errors.SessionNotFound(f"session {session.id!r} was deleted")
-            return await self._hibernate(session)
+            try:
+                result = await self._hibernate(session)
+            except errors.GatewayError:
+                self._metrics.hibernations.labels("error").inc()
+                raise
+        self._metrics.hibernations.labels("ok").inc()
+        return result
 
     async def _hibernate(self, session: Session) -> HibernateResult:
         max_bytes = self._settings.snapshot_max_mb * MIB
@@ -94,14 +100,16 @@ class Hibernation:
             session.slot.mark_vanished()
             session.set_state(SessionState.dead)  # the next call starts a kernel, files kept
             raise
+        # the lease first: a call that finds the session here meanwhile waits for this turn,
+        # then locates it again (SessionHibernated) and restores it under a lease of its own
+        await self._leases.release(session.key)
         self._table.remove(session)
         session.slot.handle = None
         session.set_state(SessionState.hibernated)  # its sockets close: reconnecting restores
+        self._metrics.sessions.set(len(self._table))
         if workspace:
             await self._kernels.volumes.remove(workspace)
             self._metrics.forget_workspace(session.owner, session.id)
-        await self._leases.release(session.key)
-        self._metrics.sessions.set(len(self._table))
         if not self._lifecycle.closing:
             self._kernels.pool.refill()
         log.info("session hibernated session_id=%s bytes=%d variables=%d skipped=%d",
@@ -172,6 +180,7 @@ class Hibernation:
             tmp.unlink(missing_ok=True)
         session.restored = report
         session.snapshot = None
+        self._metrics.restores.labels(report.status).inc()
         await self._records.save(session)
         self._metrics.sessions.set(len(self._table))
         if record.snapshot is not None:
