@@ -320,3 +320,32 @@ def test_installed_packages_come_back_and_are_counted_apart_from_files(start: An
                               "print(tinypkg.VALUE, open('own.txt').read())")
     assert result["stdout"] == "5 mine\n"
     assert (result["restored"]["files"], result["restored"]["packages"]) == (1, 1)
+
+
+def test_pickles_are_only_loaded_inside_the_sessions_own_sandbox(start: Any) -> None:
+    gw = start()
+    gw.execute("s1", "class Loud:\n"
+                     "    def __reduce__(self):\n"
+                     "        return (exec, (\"import os; open('loaded-by', 'w')"
+                     ".write(str(os.getpid()))\",))\n"
+                     "loud = Loud()")
+    hibernate(gw, "s1")
+    result = gw.execute("s1", "print(open('loaded-by').read() == str(__import__('os').getpid()))")
+    assert result["stdout"] == "True\n"  # the restored kernel itself ran the pickle's code
+    assert not (Path(__file__).resolve().parent.parent / "loaded-by").exists()  # not the gateway
+
+
+def test_a_namespace_that_will_not_pickle_in_time_still_hibernates_its_files(
+        start: Any) -> None:
+    gw = start(snapshot_timeout_s=3)
+    gw.execute("s1", "import time\n"
+                     "class Stuck:\n"
+                     "    def __reduce__(self):\n"
+                     "        time.sleep(3600)\n"
+                     "stuck = Stuck()\n"
+                     "open('kept.txt', 'w').write('still here')")
+    body = hibernate(gw, "s1")
+    assert body["variables"] == [] and body["skipped"][0]["name"] == "*"
+    assert "could not be saved" in body["skipped"][0]["reason"]
+    result = gw.execute("s1", "print(open('kept.txt').read())")
+    assert result["stdout"] == "still here\n" and result["restored"]["files"] == 1
