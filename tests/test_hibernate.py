@@ -126,6 +126,7 @@ def test_the_reaper_hibernates_idle_sessions_instead_of_deleting_them(start: Any
     assert result["restored"]["variables"] == ["kept"]
 
 
+@pytest.mark.docker
 def test_a_dataframe_and_numpy_array_come_back_in_the_docker_kernel(
         docker_client: Any, gateway_factory: Any, tmp_path: Path) -> None:
     docker_client.images.get(DOCKER_IMAGE)
