@@ -350,3 +350,19 @@ def test_a_namespace_that_will_not_pickle_in_time_still_hibernates_its_files(
     assert "could not be saved" in body["skipped"][0]["reason"]
     result = gw.execute("s1", "print(open('kept.txt').read())")
     assert result["stdout"] == "still here\n" and result["restored"]["files"] == 1
+
+
+def test_concurrent_hibernations_of_one_session_both_answer_and_restore_nothing(
+        start: Any) -> None:
+    import concurrent.futures
+
+    gw = start()
+    gw.execute("s1", "x = 1; import time")
+    gw.http.post("/v1/sessions/s1/execute", json={"code": "time.sleep(1)", "wait": False})
+    clients = [gw.client(), gw.client()]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both wait for the running cell
+        answers = list(pool.map(lambda c: c.post("/v1/sessions/s1/hibernate"), clients))
+    assert [a.status_code for a in answers] == [202, 202], [a.text for a in answers]
+    assert {a.json()["state"] for a in answers} == {"hibernated"}
+    assert "session restored" not in gw.log()
+    assert gw.execute("s1", "x")["restored"]["variables"] == ["time", "x"]

@@ -62,12 +62,18 @@ class Hibernation:
     # ------------------------------------------------------------------ hibernate
     async def hibernate(self, session: Session) -> HibernateResult:
         """Snapshot ``session`` and stop its kernel, in its FIFO turn (after the running
-        cell). Raises SnapshotTooLarge (the session is left as it was), SnapshotStoreUnavailable
-        and RegistryUnavailable (the session is left ``dead``: its kernel is gone, its
-        workspace kept), SessionNotFound."""
+        cell). Raises SnapshotTooLarge (a workspace over the cap: the session is left as it
+        was), SessionNotFound; SnapshotStoreUnavailable, RegistryUnavailable, and
+        SnapshotTooLarge for a kernel that wrote past its budget leave the session ``dead``
+        (its kernel is gone, its workspace kept)."""
         async with session.queue.turn():
             if session.closed:
                 raise errors.SessionNotFound(f"session {session.id!r} was deleted")
+            if session.state == SessionState.hibernated:  # by a call that went first
+                return HibernateResult(
+                    session_id=session.id, state=session.state, generation=session.generation,
+                    snapshot_bytes=session.snapshot.bytes if session.snapshot else 0,
+                    variables=[], skipped=[], files=0, packages=0)
             try:
                 result = await self._hibernate(session)
             except errors.GatewayError:
