@@ -366,3 +366,27 @@ def test_concurrent_hibernations_of_one_session_both_answer_and_restore_nothing(
     assert {a.json()["state"] for a in answers} == {"hibernated"}
     assert "session restored" not in gw.log()
     assert gw.execute("s1", "x")["restored"]["variables"] == ["time", "x"]
+
+
+def test_a_snapshot_replaced_in_s3_by_another_sessions_fails_its_restore(
+        gateway_factory: Any, s3_server: S3Server) -> None:
+    # the store is not trusted: a valid snapshot of another session
+    # copied over this one's object is refused too, before any of it reaches a kernel
+    prefix = f"swap-{secrets.token_hex(4)}"
+    gw = gateway_factory(pool_size=1, **s3_server.settings(prefix))
+    gw.execute("mine", "x = 'mine'")
+    gw.execute("theirs", "x = 'theirs'; open('planted.txt', 'w').write('!')")
+    hibernate(gw, "mine")
+    hibernate(gw, "theirs")
+    s3 = s3_server.client()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_server.bucket,
+                                                 Prefix=prefix)["Contents"]]
+    mine = next(k for k in keys if "/mine/" in k)
+    theirs = next(k for k in keys if "/theirs/" in k)
+    s3.copy_object(Bucket=s3_server.bucket, Key=mine,
+                   CopySource={"Bucket": s3_server.bucket, "Key": theirs})
+    failed = gw.execute("mine", "x")
+    assert failed["status"] == "restore_failed", failed
+    fresh = gw.execute("mine", "print('x' in dir(), __import__('os').listdir('.'))")
+    assert fresh["stdout"] == "False []\n"
+    assert gw.execute("theirs", "x")["outputs"][0]["data"]["text/plain"] == "'theirs'"
