@@ -111,6 +111,8 @@ def start_gateway(tmp: Path, *, prefix: list[str] | None = None, **settings: Any
     }
     if os.environ.get("DOCKER_HOST"):
         env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    if os.environ.get("GATEWAY_DOCKER_IMAGE"):  # the kernel image under test (DOCKER_IMAGE)
+        env["GATEWAY_DOCKER_IMAGE"] = os.environ["GATEWAY_DOCKER_IMAGE"]
     for key, value in settings.items():
         env[f"GATEWAY_{key.upper()}"] = str(value)
     log_path = tmp / f"gateway-{port}.log"
