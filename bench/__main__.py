@@ -23,7 +23,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import client_sdk, density, files, kernel_cost, oneshot, packages, replicas, sections
+from bench import (
+    client_sdk,
+    density,
+    files,
+    hibernate,
+    kernel_cost,
+    oneshot,
+    packages,
+    replicas,
+    sections,
+)
 from bench.config import BenchConfig, load
 from bench.gateway_rest import ROOT, GatewayProcess, RestTarget, start_gateway, stop_gateway
 from bench.jupyter_ws import JupyterTarget
@@ -86,7 +96,7 @@ def new_results(config: BenchConfig) -> dict[str, Any]:
         "config": dataclasses.asdict(config),
         "latency": {}, "throughput": {}, "session_start": {}, "stream": {}, "memory": {},
         "replicas": {}, "docker": {}, "oneshot": {}, "files": {}, "packages": {},
-        "density": {}, "kernel_cost": {},
+        "density": {}, "kernel_cost": {}, "hibernate": {},
         "errors": {}, "notes": [], "section_seconds": {},
     }
 
@@ -194,6 +204,11 @@ async def run(config: BenchConfig, tracker: ProcessTracker, results: dict[str, A
         await _section(results, "density", density.density_section(config, results, tracker))
     else:
         results["density"]["skipped"] = "turned off (--no-density, --no-docker or BENCH_DENSITY=0)"
+    if config.hibernate:
+        await _section(results, "hibernate",
+                       hibernate.hibernate_section(config, results, tracker))
+    else:
+        results["hibernate"]["skipped"] = "turned off (BENCH_HIBERNATE=0)"
 
 
 async def _kernel_cost(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
@@ -210,6 +225,11 @@ async def run_files(config: BenchConfig, tracker: ProcessTracker, results: dict[
 async def run_packages(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
                        ) -> None:
     await _section(results, "packages", packages.packages_section(config, results, tracker))
+
+
+async def run_hibernate(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
+                        ) -> None:
+    await _section(results, "hibernate", hibernate.hibernate_section(config, results, tracker))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the files API section only")
     parser.add_argument("--only-packages", action="store_true",
                         help="run the packages section only (pip install cold, warm, import)")
+    parser.add_argument("--only-hibernate", action="store_true",
+                        help="run the hibernation section only")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the gateway with py-spy during an extra REST loop")
     args = parser.parse_args(argv)
@@ -252,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         asyncio.run(run_files(config, tracker, results) if args.only_files
+                    else run_hibernate(config, tracker, results) if args.only_hibernate
                     else run_packages(config, tracker, results) if args.only_packages
                     else _section(results, "density",
                                   density.density_section(config, results, tracker))

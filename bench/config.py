@@ -41,6 +41,9 @@ class BenchConfig:
     file_mb: int = 100  # size of the file uploaded and downloaded
     file_rounds: int = 3  # timed uploads/downloads per way
     file_scan_iterations: int = 300  # executes per session for the files_changed cost
+    hibernate: bool = True  # the hibernation section (hibernate/restore times, memory)
+    hibernate_rounds: int = 5  # hibernate + restore cycles of the 10 MB + 50 MB session
+    hibernate_sessions: int = 10  # small sessions hibernated for the memory figures
     profile: bool = False  # sample the gateway with py-spy during an extra REST loop
     profile_s: float = 10.0
     gateway_log_level: str = "INFO"  # the gateway's default; every request is logged at INFO
@@ -52,7 +55,8 @@ QUICK = BenchConfig(iterations=300, rounds=4, warmup=30, kg_iterations=100, loop
                     throughput_s=2.0, starts=4, idle_sessions=20, idle_window_s=2.0,
                     docker_idle_sessions=3, profile_s=5.0, file_mb=50, file_rounds=2,
                     file_scan_iterations=100, density_steps=(10, 20), density_max_s=60.0,
-                    density_latency_calls=100)
+                    density_latency_calls=100, hibernate_rounds=3,
+                    hibernate_sessions=5)
 
 
 def _parse(current: object, text: str) -> object:

@@ -51,6 +51,7 @@ def make_app(services: Services) -> web.Application:
         (rf"/v1/sessions/{SID}/execute", rest.ExecuteHandler, deps),
         (rf"/v1/sessions/{SID}/interrupt", rest.InterruptHandler, deps),
         (rf"/v1/sessions/{SID}/restart", rest.RestartHandler, deps),
+        (rf"/v1/sessions/{SID}/hibernate", rest.HibernateHandler, deps),
         (rf"/v1/sessions/{SID}/ws", ws.SessionSocket, deps),
         (rf"/v1/sessions/{SID}/files", files.FilesHandler, deps),
         (rf"/v1/sessions/{SID}/files/(?P<path>.+)", files.FileHandler, deps),

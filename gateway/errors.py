@@ -105,6 +105,12 @@ class PayloadTooLarge(GatewayError):
     status, code = 413, "payload_too_large"
 
 
+class SnapshotTooLarge(PayloadTooLarge):
+    """The workspace alone is over ``snapshot_max_mb``: the session cannot be hibernated."""
+
+    code = "snapshot_too_large"
+
+
 class WorkspaceFull(GatewayError):
     status, code = 507, "workspace_full"
 
@@ -135,6 +141,17 @@ class LauncherUnavailable(GatewayError):
 
 class RegistryUnavailable(GatewayError):
     status, code = 503, "registry_unavailable"
+
+
+class SnapshotStoreUnavailable(GatewayError):
+    status, code = 503, "snapshot_store_unavailable"
+
+
+class SessionHibernated(GatewayError):
+    """The session was hibernated while the call waited for its turn: locate it again (the
+    handlers do; it restores)."""
+
+    status, code = 503, "session_hibernated"
 
 
 class ShuttingDown(GatewayError):

@@ -37,6 +37,8 @@ def close_for(event: Event) -> tuple[int, str] | None:
     here), or None."""
     if event.get("type") == "moved":
         return CLOSE_RECONNECT, "another gateway serves the session now; reconnect"
+    if event.get("type") == "status" and event.get("state") == "hibernated":
+        return CLOSE_RECONNECT, "the session was hibernated; reconnect to restore it"
     if event.get("type") == "status" and event.get("state") == "closed":
         return CLOSE_SESSION_GONE, "session closed"
     return None

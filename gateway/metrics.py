@@ -40,6 +40,14 @@ class Metrics:
             "gateway_sessions_reaped", "Sessions removed by the reaper", ["why"],
             registry=self.registry,
         )
+        self.hibernations = Counter(
+            "gateway_hibernations", "Sessions hibernated (ok) or not (error)", ["outcome"],
+            registry=self.registry,
+        )
+        self.restores = Counter(
+            "gateway_restores", "Hibernated sessions restored, by status", ["status"],
+            registry=self.registry,
+        )
 
         self.pool_size = Gauge("gateway_pool_size", "Started kernels waiting in the warm pool",
                                registry=self.registry)

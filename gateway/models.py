@@ -60,6 +60,7 @@ class ExecuteStatus(StrEnum):
     memory_exceeded = "memory_exceeded"
     dead = "dead"
     interrupted = "interrupted"
+    restore_failed = "restore_failed"  # the session's snapshot could not be restored
 
 
 class Output(BaseModel):
@@ -88,6 +89,37 @@ class FileList(BaseModel):
     truncated: bool = Field(False, description="more entries exist than were listed")
 
 
+class SkippedVariable(BaseModel):
+    name: str
+    reason: str
+
+
+class RestoreReport(BaseModel):
+    """What came back when a hibernated session was restored (the first answer after it)."""
+
+    status: Literal["restored", "restore_failed"] = "restored"
+    variables: list[str] = Field([], description="globals restored into the new interpreter")
+    skipped: list[SkippedVariable] = Field(
+        [], description="globals not restored: not serialisable, over snapshot_max_mb, or "
+                        "failed to load")
+    files: int = Field(0, description="workspace files restored (.packages not counted)")
+    packages: int = Field(0, description="installed packages restored (.packages/*.dist-info)")
+    error: str | None = Field(None, description="why the restore failed (restore_failed)")
+
+
+class HibernateResult(BaseModel):
+    """The answer to POST /v1/sessions/{id}/hibernate (202)."""
+
+    session_id: str
+    state: SessionState
+    generation: int
+    snapshot_bytes: int
+    variables: list[str]
+    skipped: list[SkippedVariable]
+    files: int
+    packages: int
+
+
 class ExecuteResult(BaseModel):
     """The whole answer to one cell, with the state contract spelled out."""
 
@@ -110,6 +142,8 @@ class ExecuteResult(BaseModel):
     memory_peak_mb: float | None = Field(
         None, description="peak memory of the sandbox during the call, MiB")
     tests: TestsReport | None = Field(None, description="graded test cases (POST /v1/run)")
+    restored: RestoreReport | None = Field(
+        None, description="set on the first answer after a hibernated session was restored")
 
 
 class SessionState(StrEnum):
@@ -118,6 +152,7 @@ class SessionState(StrEnum):
     busy = "busy"
     restarting = "restarting"
     dead = "dead"
+    hibernated = "hibernated"  # no kernel: its snapshot is in the store, the next call restores
     closed = "closed"
 
 

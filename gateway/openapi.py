@@ -20,6 +20,7 @@ from gateway.models import (
     FileInfo,
     FileList,
     Health,
+    HibernateResult,
     PackageJobAccepted,
     PackageJobInfo,
     PackageList,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 _MODELS: list[type[BaseModel]] = [
     CreateSession, ExecuteRequest, ExecuteResult, SessionInfo, SessionList, ErrorBody, Health,
-    FileInfo, FileList,
+    FileInfo, FileList, HibernateResult,
     RunRequest, RunAccepted, RunInfo,
     PackagesRequest, PackageJobAccepted, PackageJobInfo, PackageList,
 ]
@@ -263,6 +264,10 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             },
             "/v1/sessions/{session_id}/restart": {
                 "post": with_id(_op("Fresh interpreter, same id", 200, SessionInfo)),
+            },
+            "/v1/sessions/{session_id}/hibernate": {
+                "post": with_id(_op("Snapshot the session to the store and stop its kernel; "
+                                    "the next call restores it", 202, HibernateResult)),
             },
             **_files_paths(sid),
             **_packages_paths(sid),

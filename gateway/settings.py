@@ -82,6 +82,23 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(1800.0, ge=0)  # 0 = never reap idle sessions
     max_lifetime_s: float = Field(0.0, ge=0)  # 0 = no lifetime cap
     reap_interval_s: float = Field(30.0, gt=0)
+    # what the reaper does with an idle or over-age session: delete it, or hibernate it (its
+    # workspace and variables go to the snapshot store; the next call restores them)
+    reap_action: Literal["delete", "hibernate"] = "delete"
+    hibernate_on_shutdown: bool = False  # a graceful stop hibernates every session first
+
+    # --- snapshots of hibernated sessions
+    # file:///path or s3://bucket/prefix; None: file://<work_dir>/snapshots
+    snapshot_url: str | None = None
+    snapshot_max_mb: int = Field(1024, ge=1)  # one snapshot (workspace + variables) at most
+    # a snapshot older than this goes, and its hibernated session with it (0 = kept forever)
+    snapshot_retention_s: float = Field(7 * 86400.0, ge=0)
+    snapshot_timeout_s: float = Field(300.0, gt=0)  # deadline of one store call, of one save/load
+    # S3-compatible store: unset values come from the standard AWS variables and files
+    snapshot_s3_endpoint_url: str | None = None
+    snapshot_s3_region: str | None = None
+    snapshot_s3_access_key_id: str | None = None
+    snapshot_s3_secret_access_key: SecretStr | None = None
 
     pool_size: int = Field(2, ge=0)  # started kernels kept ready for new sessions (0 = off)
     pool_min_free_mb: int = Field(1024, ge=0)  # empty the pool when free memory is below this
@@ -208,6 +225,13 @@ class Settings(BaseSettings):
                                  f"{type(exc).__name__}") from None
             if not isinstance(profile, dict) or "defaultAction" not in profile:
                 raise ValueError(f"{value} is not a seccomp profile (no defaultAction)")
+        return value
+
+    @field_validator("snapshot_url")
+    @classmethod
+    def _snapshot_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(file:///.|s3://[^/]+)", value):
+            raise ValueError("snapshot_url must be file:///absolute/path or s3://bucket[/prefix]")
         return value
 
     @field_validator("kernel_blocked_modules")

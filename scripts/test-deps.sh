@@ -17,6 +17,20 @@ apt_install() {  # apt_install COMMAND PACKAGE...
 }
 
 apt_install redis-server redis-server
+# an S3-compatible server for the snapshot store's tests (tests/test_snapshots.py), built once
+# into ~/.cargo/bin (about two minutes)
+export PATH="$PATH:$HOME/.cargo/bin"
+if ! command -v s3s-fs >/dev/null 2>&1; then
+    if command -v cargo >/dev/null 2>&1; then
+        echo "test-deps: building s3s-fs (cargo install)"
+        cargo install s3s-fs@0.14.1 --features binary --locked
+    elif [ "${CI:-}" = "true" ]; then
+        echo "test-deps: s3s-fs is missing and cargo is not installed; CI needs it" >&2
+        exit 1
+    else
+        echo "test-deps: no cargo: the S3 snapshot tests will be skipped (they fail in CI)"
+    fi
+fi
 if [ -x scripts/install-browser.sh ] || [ -f scripts/install-browser.sh ]; then
     bash scripts/install-browser.sh
 fi

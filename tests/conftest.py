@@ -111,7 +111,7 @@ def start_gateway(tmp: Path, *, prefix: list[str] | None = None, **settings: Any
     }
     if os.environ.get("DOCKER_HOST"):
         env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
-    if os.environ.get("GATEWAY_DOCKER_IMAGE"):
+    if os.environ.get("GATEWAY_DOCKER_IMAGE"):  # the kernel image under test (DOCKER_IMAGE)
         env["GATEWAY_DOCKER_IMAGE"] = os.environ["GATEWAY_DOCKER_IMAGE"]
     for key, value in settings.items():
         env[f"GATEWAY_{key.upper()}"] = str(value)
@@ -165,8 +165,7 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 # ------------------------------------------------------------------ docker
-# the kernel image the docker tests run (GATEWAY_DOCKER_IMAGE picks another tag, e.g. a branch's)
-DOCKER_IMAGE = os.environ.get("GATEWAY_DOCKER_IMAGE") or "exec-gateway-kernel:latest"
+DOCKER_IMAGE = os.environ.get("GATEWAY_DOCKER_IMAGE", "exec-gateway-kernel:latest")
 LABEL_MANAGED = "exec-gateway.managed"
 LABEL_GATEWAY = "exec-gateway.gateway"
 RUN_ID = secrets.token_hex(3)  # instance ids of this run's docker gateways start with t<RUN_ID>
@@ -599,3 +598,73 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+# ------------------------------------------------------------------ S3-compatible store
+@dataclass
+class S3Server:
+    """A real S3-compatible server (s3s-fs) on loopback, with one bucket."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    root: Path
+
+    def settings(self, prefix: str) -> dict[str, str]:
+        """Gateway settings for a snapshot store at s3://bucket/prefix on this server."""
+        return {"snapshot_url": f"s3://{self.bucket}/{prefix}",
+                "snapshot_s3_endpoint_url": self.endpoint, "snapshot_s3_region": "us-east-1",
+                "snapshot_s3_access_key_id": self.access_key,
+                "snapshot_s3_secret_access_key": self.secret_key}
+
+    def client(self) -> Any:
+        import boto3
+        import botocore.config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key,
+                            config=botocore.config.Config(s3={"addressing_style": "path"}))
+
+
+def s3s_fs_binary() -> str | None:
+    return shutil.which("s3s-fs") or shutil.which(
+        "s3s-fs", path=str(Path.home() / ".cargo" / "bin"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One s3s-fs for the whole run (tests keep apart by key prefix). Skips without the
+    binary, or fails in CI (scripts/test-deps.sh builds it with cargo)."""
+    binary = s3s_fs_binary()
+    if binary is None:
+        message = "s3s-fs is not installed (scripts/test-deps.sh builds it with cargo)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    server = S3Server(f"http://127.0.0.1:{port}", "egw-test", secrets.token_hex(16),
+                      "snapshots", root)
+    proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(port),
+                             "--access-key", server.access_key, "--secret-key",
+                             server.secret_key, str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError("s3s-fs exited at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 10)
+        server.client().create_bucket(Bucket=server.bucket)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(10)

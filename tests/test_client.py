@@ -163,6 +163,27 @@ def test_urls_and_tokens_come_from_the_environment(
     assert Gateway().config.url == server.url
 
 
+def test_hibernate_then_the_next_run_restores_and_says_so(gw: Gateway, sid: str) -> None:
+    with gw.session(sid) as s:
+        s.run("kept = 41; gen = (i for i in [])")
+        snap = s.hibernate()
+        assert snap.state == "hibernated" and snap.variables == ["kept"]
+        assert [v.name for v in snap.skipped] == ["gen"]
+        assert s.info().state == "hibernated"
+        r = s.run("kept + 1")
+        assert r.text == "42" and r.generation == 2 and not r.state_preserved
+        assert r.restored is not None and r.restored.variables == ["kept"]
+        assert s.run("kept").restored is None
+
+
+async def test_async_hibernate(server: GatewayProc, sid: str) -> None:
+    async with AsyncGateway(server.url, token=server.token) as gw, gw.session(sid) as s:
+        await s.run("kept = 1")
+        assert (await s.hibernate()).variables == ["kept"]
+        assert [i.state for i in await gw.sessions() if i.id == sid] == ["hibernated"]
+        assert (await s.run("kept")).restored is not None
+
+
 def test_restart_replaces_the_interpreter_and_health_answers(gw: Gateway, sid: str) -> None:
     with gw.session(sid) as s:
         s.run("z = 1")
@@ -605,7 +626,9 @@ RESPONSE_MODELS = {"ExecuteResult": models.ExecuteResult, "Output": models.Outpu
                    "ErrorInfo": models.ErrorInfo, "SessionInfo": models.SessionInfo,
                    "SessionList": models.SessionList, "Limits": models.Limits,
                    "Health": models.Health, "ErrorBody": models.ErrorBody,
-                   "ErrorDetail": models.ErrorDetail}
+                   "ErrorDetail": models.ErrorDetail, "HibernateResult": models.HibernateResult,
+                   "RestoreReport": models.RestoreReport,
+                   "SkippedVariable": models.SkippedVariable}
 REQUEST_MODELS = {"ExecuteRequest": models.ExecuteRequest, "CreateSession": models.CreateSession,
                   "Limits": models.LimitsRequest}
 

@@ -26,7 +26,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     shutil.rmtree(gateway.env["GATEWAY_RUNTIME_DIR"], ignore_errors=True)
 
 
-@pytest.mark.timeout(600)  # 21 operations, each with real kernels: ~160 s on a loaded 2-core VM
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # 22 operations, some with real kernels: ~160 s on a loaded 2-core VM
 def test_every_operation_conforms_to_the_openapi_document(api: Gateway) -> None:
     """Every check schemathesis has, every phase (examples, coverage: boundary values and
     undeclared methods, fuzzing, stateful), bounded examples, with the API key."""
@@ -48,7 +49,7 @@ def test_every_operation_conforms_to_the_openapi_document(api: Gateway) -> None:
     })
     schema = schemathesis.openapi.from_url(f"{api.url}/v1/openapi.json", config=config)
     operations = {op.ok().label for op in schema.get_all_operations()}
-    assert len(operations) == 21, operations
+    assert len(operations) == 22, operations
     failures: list[str] = []
     tested: set[str] = set()
     for event in from_schema(schema).execute():
@@ -71,7 +72,8 @@ def test_the_document_covers_every_v1_route(api: Gateway) -> None:
     assert set(paths) == {"/v1/sessions", "/v1/sessions/{session_id}",
                           "/v1/sessions/{session_id}/execute",
                           "/v1/sessions/{session_id}/interrupt",
-                          "/v1/sessions/{session_id}/restart", "/v1/sessions/{session_id}/runs/"
+                          "/v1/sessions/{session_id}/restart",
+                          "/v1/sessions/{session_id}/hibernate", "/v1/sessions/{session_id}/runs/"
                           "{run_id}", "/v1/run", "/v1/sessions/{session_id}/files",
                           "/v1/sessions/{session_id}/files/{path}",
                           "/v1/sessions/{session_id}/packages",

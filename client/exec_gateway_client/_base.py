@@ -115,4 +115,4 @@ def transport_error(exc: httpx.HTTPError, method: str, url: str) -> errors.Trans
 
 
 EXIT_CODES = {"ok": 0, "error": 1, "timeout": 124, "interrupted": 130, "memory_exceeded": 137,
-              "dead": 134}
+              "dead": 134, "restore_failed": 1}

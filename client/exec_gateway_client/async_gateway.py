@@ -26,6 +26,7 @@ from exec_gateway_client.models import (
     ExecuteRequest,
     FileInfo,
     Health,
+    HibernateResult,
     LimitsRequest,
     Output,
     PackageJob,
@@ -275,6 +276,13 @@ class AsyncSession:
         response = await self.gw.request("POST", f"{self._path}/restart",
                                          read_timeout_s=self.gw.config.run_deadline_s(None))
         return SessionInfo.model_validate_json(response.content)
+
+    async def hibernate(self) -> HibernateResult:
+        """Snapshot the session to the server's store and stop its kernel (after a running
+        cell); the next call restores it (``Result.restored`` says what came back)."""
+        response = await self.gw.request("POST", f"{self._path}/hibernate",
+                                         read_timeout_s=self.gw.config.run_deadline_s(None))
+        return HibernateResult.model_validate_json(response.content)
 
     async def delete(self) -> None:
         with contextlib.suppress(errors.SessionNotFound):

@@ -140,6 +140,12 @@ class PayloadTooLarge(APIError):
     status, code = 413, "payload_too_large"
 
 
+class SnapshotTooLarge(PayloadTooLarge):
+    """The workspace alone is over the server's snapshot_max_mb: not hibernated."""
+
+    code = "snapshot_too_large"
+
+
 class TooManyRequests(APIError):
     """429: the call was refused before it ran; retrying later is safe."""
 
@@ -190,6 +196,14 @@ class ShuttingDown(ServiceUnavailable):
 
 class OwnerUnreachable(ServiceUnavailable):
     code = "owner_unreachable"
+
+
+class SnapshotStoreUnavailable(ServiceUnavailable):
+    code = "snapshot_store_unavailable"
+
+
+class SessionHibernated(ServiceUnavailable):
+    code = "session_hibernated"
 
 
 class WorkspaceFull(APIError):

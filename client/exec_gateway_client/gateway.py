@@ -26,6 +26,7 @@ from exec_gateway_client.models import (
     ExecuteRequest,
     FileInfo,
     Health,
+    HibernateResult,
     LimitsRequest,
     Output,
     PackageJob,
@@ -287,6 +288,13 @@ class Session:
         response = self.gw.request("POST", f"{self._path}/restart",
                                    read_timeout_s=self.gw.config.run_deadline_s(None))
         return SessionInfo.model_validate_json(response.content)
+
+    def hibernate(self) -> HibernateResult:
+        """Snapshot the session to the server's store and stop its kernel (after a running
+        cell); the next call restores it (``Result.restored`` says what came back)."""
+        response = self.gw.request("POST", f"{self._path}/hibernate",
+                                   read_timeout_s=self.gw.config.run_deadline_s(None))
+        return HibernateResult.model_validate_json(response.content)
 
     def delete(self) -> None:
         """Stop the kernel and remove the session (an unknown session is not an error)."""

@@ -81,6 +81,8 @@ STATUS_NOTES = {
     "interrupted": "the cell was interrupted",
     "memory_exceeded": "the cell ran out of memory",
     "dead": "the Python process died (e.g. a crash or os._exit)",
+    "restore_failed": "the hibernated session could not be restored; it starts fresh and the "
+                      "code was not run",
 }
 
 

@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-ExecuteStatus = Literal["ok", "error", "timeout", "memory_exceeded", "dead", "interrupted"]
-SessionState = Literal["starting", "idle", "busy", "restarting", "dead", "closed"]
+ExecuteStatus = Literal["ok", "error", "timeout", "memory_exceeded", "dead", "interrupted",
+                        "restore_failed"]
+SessionState = Literal["starting", "idle", "busy", "restarting", "dead", "hibernated", "closed"]
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
 
@@ -101,6 +102,35 @@ class FileInfo(Answer):
     modified_at: datetime | None = None
 
 
+class SkippedVariable(Answer):
+    name: str
+    reason: str
+
+
+class RestoreReport(Answer):
+    """What came back when a hibernated session was restored (its first answer after)."""
+
+    status: Literal["restored", "restore_failed"] = "restored"
+    variables: list[str] = []
+    skipped: list[SkippedVariable] = []
+    files: int = 0
+    packages: int = 0
+    error: str | None = None
+
+
+class HibernateResult(Answer):
+    """The answer to ``Session.hibernate()``: what the snapshot kept."""
+
+    session_id: str
+    state: SessionState
+    generation: int
+    snapshot_bytes: int
+    variables: list[str]
+    skipped: list[SkippedVariable]
+    files: int
+    packages: int
+
+
 class ExecuteResult(Answer):
     """The whole answer to one cell, as the server sends it (REST, or a WebSocket ``result``)."""
 
@@ -122,6 +152,7 @@ class ExecuteResult(Answer):
     tests: Any = None
     cpu_ms: float | None = None
     memory_peak_mb: float | None = None
+    restored: RestoreReport | None = None  # the first answer after a hibernated session's restore
 
 
 class SessionInfo(Answer):

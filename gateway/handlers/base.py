@@ -108,7 +108,10 @@ class GatewayHandler(web.RequestHandler):
             match await manager.locate(self.owner, session_id, open_if_absent=open_if_absent,
                                        deadline=deadline):
                 case Here(session):
-                    await serve(session)
+                    try:
+                        await serve(session)
+                    except errors.SessionHibernated:
+                        continue  # hibernated while the call waited: restored when located
                     return
                 case There(url, deadline):
                     if self.request.headers.get(FORWARDED_HEADER):

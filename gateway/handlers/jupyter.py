@@ -85,12 +85,31 @@ class KernelsHandler(JsonApiHandler):
 
 
 class KernelHandler(JsonApiHandler):
-    @forwardable_kernel
-    async def get(self, session: Session) -> None:
-        self.send_json(model_of(session))
+    async def get(self, kernel_id: str) -> None:
+        """A hibernated session's kernel is described from its record (not restored)."""
+        manager = self.services.manager
+        session_id = await manager.session_of_kernel(self.owner, kernel_id)
+        asleep = await manager.hibernation.asleep(self.owner, session_id)
+        if asleep is not None:
+            self.send_json(kernel_model(asleep.kernel_id, asleep.last_activity,
+                                        asleep.state.value, 0))
+            return
+        await self._get(kernel_id)
 
     @forwardable_kernel
-    async def delete(self, session: Session) -> None:
+    async def _get(self, session: Session) -> None:
+        self.send_json(model_of(session))
+
+    async def delete(self, kernel_id: str) -> None:
+        manager = self.services.manager
+        session_id = await manager.session_of_kernel(self.owner, kernel_id)
+        if await manager.delete_hibernated(self.owner, session_id):
+            self.no_content()
+            return
+        await self._delete(kernel_id)
+
+    @forwardable_kernel
+    async def _delete(self, session: Session) -> None:
         await self.services.manager.delete(session)
         self.no_content()
 

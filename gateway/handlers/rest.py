@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.handlers.base import ApiHandler, forwardable
-from gateway.models import CreateSession, ExecuteRequest, SessionList
+from gateway.models import CreateSession, ExecuteRequest, HibernateResult, SessionList
 from gateway.sessions import Session
 
 
@@ -19,12 +19,26 @@ class SessionsHandler(ApiHandler):
 
 
 class SessionHandler(ApiHandler):
-    @forwardable
-    async def get(self, session: Session) -> None:
-        self.send(session.info())
+    async def get(self, session_id: str) -> None:
+        """A hibernated session is described from its record (not restored)."""
+        asleep = await self.services.manager.hibernation.asleep(self.owner, session_id)
+        if asleep is not None:
+            self.send(asleep.info())
+            return
+        await self._get(session_id)
 
     @forwardable
-    async def delete(self, session: Session) -> None:
+    async def _get(self, session: Session) -> None:
+        self.send(session.info())
+
+    async def delete(self, session_id: str) -> None:
+        if not await self.services.manager.delete_hibernated(self.owner, session_id):
+            await self._delete(session_id)
+        else:
+            self.no_content()
+
+    @forwardable
+    async def _delete(self, session: Session) -> None:
         await self.services.manager.delete(session)
         self.no_content()
 
@@ -51,6 +65,22 @@ class InterruptHandler(ApiHandler):
     async def post(self, session: Session) -> None:
         await self.services.manager.cells.interrupt(session)
         self.no_content()
+
+
+class HibernateHandler(ApiHandler):
+    async def post(self, session_id: str) -> None:
+        asleep = await self.services.manager.hibernation.asleep(self.owner, session_id)
+        if asleep is not None:  # already: nothing to restore just to hibernate it again
+            self.send(HibernateResult(
+                session_id=session_id, state=asleep.state, generation=asleep.generation,
+                snapshot_bytes=asleep.snapshot.bytes if asleep.snapshot else 0, variables=[],
+                skipped=[], files=0, packages=0), 202)
+            return
+        await self._hibernate(session_id)
+
+    @forwardable
+    async def _hibernate(self, session: Session) -> None:
+        self.send(await self.services.manager.hibernation.hibernate(session), 202)
 
 
 class RestartHandler(ApiHandler):

@@ -111,6 +111,7 @@ class Launcher(Protocol):
     # a started kernel can be moved into another workspace (a silent os.chdir): the warm pool
     # then also serves restarts of sessions that have a workspace already
     moves_workspace: bool
+    workspace_in_kernel: str | None  # where the kernel sees its workspace (None: the host path)
     workspace_owner: tuple[int, int] | None  # (uid, gid) workspaces are given to, or None
     workspace_mode: int  # mode of a workspace's root directory
 

@@ -121,6 +121,7 @@ class DockerLauncher:
     name = "docker"
     kernels_outlive_gateway = True
     moves_workspace = False  # a running container's mounts are fixed at creation
+    workspace_in_kernel: str | None = "/work"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -387,7 +388,16 @@ class DockerLauncher:
         info = info.with_ip(str(socket_dir / "k"))
         container_id: str | None = None
         try:
-            container_id = await asyncio.to_thread(self._create, spec, socket_dir, gid)
+            # cancelled meanwhile (the pool closing): the thread still creates the container;
+            # wait for its id so the cleanup below removes it instead of leaving it behind
+            creating = asyncio.ensure_future(
+                asyncio.to_thread(self._create, spec, socket_dir, gid))
+            try:
+                container_id = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    container_id = await creating
+                raise
             exited = self._watch(container_id)
             await asyncio.to_thread(client.api.start, container_id)
             await self._wait_for_sockets(socket_dir, exited)

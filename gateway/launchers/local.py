@@ -63,6 +63,7 @@ class LocalLauncher:
     name = "local"
     kernels_outlive_gateway = False  # parent-death signal
     moves_workspace = True  # same user, same filesystem: an os.chdir moves a kernel
+    workspace_in_kernel: str | None = None  # the host path itself
     workspace_owner: tuple[int, int] | None = None  # the gateway's own user
     workspace_mode = 0o700
 

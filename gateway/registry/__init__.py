@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from gateway.launchers import KernelHandle
 from gateway.models import Limits, SessionInfo, SessionState
+from gateway.snapshots import SnapshotRef
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -40,6 +41,7 @@ class SessionRecord(BaseModel):
     handle: KernelHandle | None = None
     gateway_url: str | None = None  # where other replicas forward calls for this session
     workspace: str | None = None  # host path of the session's workspace (kept across kernels)
+    snapshot: SnapshotRef | None = None  # a hibernated session's (or one being restored)
 
     def info(self) -> SessionInfo:
         return SessionInfo(

@@ -6,8 +6,9 @@ shutdown ladder), ``lifecycle`` (open, replace a kernel, discard), ``cell`` (one
 ``cells`` (the cell verbs handlers call), ``ladder`` (the timeout ladder), ``runs``
 (background runs), ``oneshot`` (``/v1/run``), ``files`` (the files API's verbs), ``leases``,
 ``placement`` (here / there / vacant), ``handoff`` (restore, takeover, loss, graceful stop),
-``records`` (registry writes), ``reaper`` and ``upkeep`` (the background loops), and
-``manager`` (the façade handlers call).
+``records`` (registry writes), ``reaper`` and ``upkeep`` (the background loops),
+``hibernation`` (hibernate to the snapshot store, restore on the next call), and ``manager``
+(the façade handlers call).
 """
 
 from gateway.sessions.manager import SessionManager

@@ -22,7 +22,7 @@ from gateway.kernel import KernelConnection, Message, Route
 from gateway.launchers import ExitInfo
 from gateway.launchers.meters import Usage
 from gateway.metrics import Metrics
-from gateway.models import ErrorInfo, ExecuteResult, ExecuteStatus, SessionState
+from gateway.models import ErrorInfo, ExecuteResult, ExecuteStatus, RestoreReport, SessionState
 from gateway.output import OutputCollector
 from gateway.policy import EOF_INPUT
 from gateway.sessions.files import SessionFiles
@@ -72,7 +72,10 @@ class CellRunner:
         by an earlier error of its own client (ipykernel's ``stop_on_error``). Raises
         ShuttingDown, KernelStartFailed."""
         started = time.perf_counter()
-        preserved = True
+        restored, session.restored = session.restored, None  # the first answer says it
+        if restored is not None and restored.status == "restore_failed" and cell.message is None:
+            return self._restore_failed(session, cell, restored, started)
+        preserved = restored is None
         if not session.slot.live:
             await self._replace(session, "restarting")
             preserved = False
@@ -122,7 +125,8 @@ class CellRunner:
             "generation": session.generation, "state_preserved": preserved,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "cpu_ms": usage.cpu_ms, "memory_peak_mb": _peak_mb(session, status, usage),
-            "files_changed": changed, "files_changed_truncated": changed_truncated}
+            "files_changed": changed, "files_changed_truncated": changed_truncated,
+            "restored": restored}
         try:
             result = ExecuteResult(
                 status=status, stdout=collector.stdout_text, stderr=collector.stderr_text,
@@ -140,6 +144,23 @@ class CellRunner:
                                size if size is None else size + EVENT_OVERHEAD)
         self._metrics.executes.labels(result.status.value).inc()
         self._metrics.execute_seconds.observe(result.duration_ms / 1000)
+        return result
+
+    def _restore_failed(self, session: Session, cell: Cell, restored: RestoreReport,
+                        started: float) -> ExecuteResult:
+        """The answer to the first cell after a failed restore: not run (its code expects
+        state that is not there); the session has a fresh interpreter for the next one."""
+        result = ExecuteResult(
+            session_id=session.id, execution_count=session.execution_count,
+            generation=session.generation, status=ExecuteStatus.restore_failed,
+            state_preserved=False, restored=restored,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            error=ErrorInfo(ename="RestoreFailed", evalue=(
+                f"{restored.error}; the session has a fresh interpreter and an empty "
+                "workspace now, and this cell was not run"), traceback=[]))
+        session.events.publish({"type": "result", "id": cell.request_id,
+                                "result": result.model_dump(mode="json")})
+        self._metrics.executes.labels(result.status.value).inc()
         return result
 
     async def _send(self, session: Session, conn: KernelConnection, cell: Cell,

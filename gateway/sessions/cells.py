@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from gateway import errors, policy
 from gateway.kernel import KernelConnection, Message, Route
 from gateway.metrics import Metrics
-from gateway.models import ExecuteRequest, ExecuteResult, SessionInfo
+from gateway.models import ExecuteRequest, ExecuteResult, SessionInfo, SessionState
 from gateway.sessions.cell import Cell, CellRunner, StdinHook
 from gateway.sessions.files import SessionFiles
 from gateway.sessions.lifecycle import Lifecycle
@@ -97,6 +97,7 @@ class Cells:
     async def restart(self, session: Session) -> SessionInfo:
         """Fresh interpreter, same id; waits for a running cell's turn (FIFO)."""
         async with session.queue.turn():
+            _check_open(session)
             await self._lifecycle.replace_kernel(session, "starting")
             session.touch()
         return session.info()
@@ -130,3 +131,5 @@ class Cells:
 def _check_open(session: Session) -> None:
     if session.closed:
         raise errors.SessionNotFound(f"session {session.id!r} was deleted")
+    if session.state == SessionState.hibernated:  # while the call waited: locate it again
+        raise errors.SessionHibernated(f"session {session.id!r} was hibernated; retry")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway import errors
 from gateway.launchers import Launcher
@@ -22,12 +22,13 @@ from gateway.volumes import Volumes
 log = logging.getLogger(__name__)
 
 SessionFromRecord = Callable[[SessionRecord], Session]
+Wake = Callable[[SessionRecord], Awaitable[Session]]
 
 
 class Handoff:
     def __init__(self, settings: Settings, launcher: Launcher, table: SessionTable,
                  leases: Leases, records: Records, session_from: SessionFromRecord,
-                 volumes: Volumes) -> None:
+                 volumes: Volumes, wake: Wake) -> None:
         self._settings = settings
         self._volumes = volumes
         self._launcher = launcher
@@ -35,6 +36,7 @@ class Handoff:
         self._leases = leases
         self._records = records
         self._session_from = session_from
+        self._wake = wake  # restores a session from its snapshot (Hibernation.restore)
 
     async def restore(self) -> None:
         """Bring back this gateway's sessions after a restart, concurrently: kernels still
@@ -43,7 +45,8 @@ class Handoff:
         call starts a fresh interpreter. The launcher removes kernels no record claims."""
         registry = self._records.registry
         records = await registry.list()
-        mine = [r for r in records if r.gateway_id == self._settings.instance_id]
+        mine = [r for r in records if r.gateway_id == self._settings.instance_id
+                and r.state != SessionState.hibernated]  # those wait for their next call
         granted = await self._leases.claim([(r.owner, r.session_id) for r in mine])
         restoring = [self._session_from(r) for r, ok in zip(mine, granted, strict=True) if ok]
         for session in restoring:  # registered at once: the renewer keeps their leases
@@ -77,11 +80,14 @@ class Handoff:
 
     async def take_over(self, record: SessionRecord) -> Session:
         """Serve a session whose replica stopped renewing its lease (held here now): with its
-        kernel if this host reaches it, else ``dead``. On failure the lease is given up."""
+        kernel if this host reaches it, else ``dead``; from its snapshot if it has one (it
+        was hibernated). On failure the lease is given up."""
         known = self._table.get((record.owner, record.session_id))
         if known is not None:
             await asyncio.shield(known.ready)
             return known
+        if record.snapshot is not None:
+            return await self._wake(record)
         session = self._session_from(record)
         async with self._released_on_failure(session):
             async with self._table.reserve(session, check=False):

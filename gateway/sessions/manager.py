@@ -27,6 +27,7 @@ from gateway.registry import Registry, SessionRecord
 from gateway.sessions.cells import Cells
 from gateway.sessions.files import SessionFiles
 from gateway.sessions.handoff import Handoff
+from gateway.sessions.hibernation import Hibernation
 from gateway.sessions.kernel_slot import Kernels
 from gateway.sessions.leases import Leases
 from gateway.sessions.lifecycle import Lifecycle
@@ -61,12 +62,17 @@ class SessionManager:
         self._leases = Leases(registry, settings.instance_id, settings.lease_ttl_s)
         self._lifecycle = Lifecycle(settings, launcher, registry, metrics, kernels, self.table,
                                     self._leases, records)
+        # hibernate, restore, and hibernated records (``manager.hibernation``)
+        self.hibernation = Hibernation(settings, launcher, metrics, self.table, self._leases,
+                                       records, self._lifecycle, kernels)
         self._handoff = Handoff(settings, launcher, self.table, self._leases, records,
-                                self._lifecycle.session_from, self.volumes)
+                                self._lifecycle.session_from, self.volumes,
+                                self.hibernation.restore)
         self._placement = Placement(settings, registry, self.table, self._leases,
                                     self._handoff)
         self._upkeep = Upkeep(settings, registry, metrics, self.table, self._leases,
-                              self._placement, self._handoff, records, self._lifecycle)
+                              self._placement, self._handoff, records, self._lifecycle,
+                              self.hibernation)
         self.files = SessionFiles(settings, metrics, self.volumes, launcher.workspace_owner)
         self.packages = Packages(settings, launcher, metrics, self.files)  # pip install
         self.cells = Cells(settings, metrics, self._lifecycle, self._placement, self.files,
@@ -104,6 +110,9 @@ class SessionManager:
         self._lifecycle.closing = True
         for task in self._loops:
             task.cancel()
+        if self.settings.hibernate_on_shutdown:
+            hibernated = await self.hibernation.hibernate_all()
+            log.info("hibernated %d sessions for their next call", hibernated)
         await self.oneshots.close()
         await self.packages.close()
         await self.libraries.close()
@@ -119,6 +128,7 @@ class SessionManager:
                   for s in self.table),
                 return_exceptions=True)
         await self.launcher.close()
+        await self.hibernation.store.close()
         self.volumes.close()
         await self.registry.close()
         self._zmq.term()
@@ -178,6 +188,12 @@ class SessionManager:
 
     async def served_elsewhere(self, owner: str) -> builtins.list[SessionRecord]:
         return await self._placement.served_elsewhere(owner)
+
+    async def delete_hibernated(self, owner: str, session_id: str) -> bool:
+        """Delete a hibernated session (record and snapshot) without restoring it; False if
+        it is not hibernated."""
+        return await self.hibernation.asleep(owner, session_id) is not None \
+            and await self.hibernation.forget(owner, session_id)
 
     async def delete(self, session: Session) -> None:
         """Stop the session's kernel and remove its sandbox and workspace; its sockets close."""

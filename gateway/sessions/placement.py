@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway import errors
+from gateway.models import SessionState
 from gateway.policy import check_session_id
 from gateway.registry import Registry, SessionRecord
 from gateway.sessions.handoff import Handoff
@@ -119,11 +120,11 @@ class Placement:
         self._down[url] = self._clock() + self._settings.lease_renew_s
 
     async def served_elsewhere(self, owner: str) -> builtins.list[SessionRecord]:
-        """This key's sessions that other replicas serve (none without a shared registry)."""
-        if not self._leases.shared:
-            return []
+        """This key's sessions that other replicas serve (none without a shared registry),
+        and its hibernated sessions (served nowhere)."""
         return [r for r in await self._registry.list(owner)
-                if (owner, r.session_id) not in self._table]
+                if (owner, r.session_id) not in self._table
+                and (self._leases.shared or r.state == SessionState.hibernated)]
 
     async def session_of_kernel(self, owner: str, kernel_id: str) -> str:
         """The id of ``owner``'s session whose kernel is ``kernel_id``, here or elsewhere.
@@ -131,16 +132,17 @@ class Placement:
         key = self._table.key_of_kernel(kernel_id)
         if key is not None and key[0] == owner:
             return key[1]
-        if self._leases.shared:  # served by another replica? (kernel ids derive from ids)
-            for record in await self._registry.list(owner):
-                if record.kernel_id == kernel_id:
-                    return record.session_id
+        # served by another replica, or hibernated? (kernel ids derive from ids)
+        for record in await self._registry.list(owner):
+            if record.kernel_id == kernel_id:
+                return record.session_id
         raise errors.SessionNotFound(f"no kernel {kernel_id!r}")
 
     async def orphans(self) -> builtins.list[SessionRecord]:
         """Records whose lease nobody holds (their replica crashed, or stopped and did not
         come back within a lease), now leased here: one registry call claims them all."""
-        records = [r for r in await self._registry.list()
-                   if (r.owner, r.session_id) not in self._table]
+        records = [r for r in await self._registry.list()  # hibernated ones wait for a call
+                   if (r.owner, r.session_id) not in self._table
+                   and r.state != SessionState.hibernated]
         granted = await self._leases.claim([(r.owner, r.session_id) for r in records])
         return [r for r, ok in zip(records, granted, strict=True) if ok]

@@ -16,11 +16,12 @@ from gateway.events import EVENT_OVERHEAD, EventLog
 from gateway.jupyter_watchers import KernelWatchers
 from gateway.kernel import Message
 from gateway.launchers import ExitInfo
-from gateway.models import Limits, SessionInfo, SessionState
+from gateway.models import Limits, RestoreReport, SessionInfo, SessionState
 from gateway.policy import kernel_id_for
 from gateway.registry import SessionRecord
 from gateway.sessions.kernel_slot import KernelSlot
 from gateway.sessions.queue import CellQueue
+from gateway.snapshots import SnapshotRef
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,11 @@ S = SessionState
 STATUS_EVENT_BYTES = EVENT_OVERHEAD  # a status event: a state name and a generation
 ALLOWED: dict[SessionState, frozenset[SessionState]] = {
     S.starting: frozenset({S.idle, S.dead, S.closed}),
-    S.idle: frozenset({S.busy, S.restarting, S.dead, S.closed}),
+    S.idle: frozenset({S.busy, S.restarting, S.dead, S.hibernated, S.closed}),
     S.busy: frozenset({S.idle, S.restarting, S.dead, S.closed}),
     S.restarting: frozenset({S.idle, S.dead, S.closed}),
-    S.dead: frozenset({S.restarting, S.idle, S.closed}),
+    S.dead: frozenset({S.restarting, S.idle, S.hibernated, S.closed}),
+    S.hibernated: frozenset({S.closed}),  # its record lives on; a new Session restores it
     S.closed: frozenset(),
 }
 
@@ -68,6 +70,8 @@ class Session:
         self.jupyter_error: tuple[str, float] | None = None  # (client session, when) it failed
         self.workspace: str | None = None  # host path of its workspace, once it has one
         self.files_api_ns = 0  # when the files API last changed the workspace (file clock)
+        self.snapshot: SnapshotRef | None = None  # while hibernated, or being restored
+        self.restored: RestoreReport | None = None  # for the first answer after a restore
 
     @property
     def key(self) -> tuple[str, str]:
@@ -126,7 +130,8 @@ class Session:
     def record(self, gateway_id: str, gateway_url: str | None = None) -> SessionRecord:
         return SessionRecord(session_id=self.id, owner=self.owner, gateway_id=gateway_id,
                              handle=self.slot.handle, gateway_url=gateway_url,
-                             workspace=self.workspace, **self._fields())
+                             workspace=self.workspace, snapshot=self.snapshot,
+                             **self._fields())
 
     def restore_from(self, record: SessionRecord) -> None:
         """Counters and timestamps of a record another gateway process wrote."""
@@ -134,4 +139,5 @@ class Session:
         self.slot.handle = record.handle
         self.workspace = record.workspace or (record.handle.workspace if record.handle else None)
         self.execution_count = record.execution_count
+        self.snapshot = record.snapshot
         self.created_at, self.last_activity = record.created_at, record.last_activity

@@ -11,11 +11,13 @@ from gateway import errors
 from gateway.metrics import Metrics
 from gateway.registry import Registry, SessionRecord
 from gateway.sessions.handoff import Handoff
+from gateway.sessions.hibernation import Hibernation
 from gateway.sessions.leases import Leases
 from gateway.sessions.lifecycle import Lifecycle
 from gateway.sessions.placement import Placement
 from gateway.sessions.reaper import Reaper
 from gateway.sessions.records import Records
+from gateway.sessions.session import Session
 from gateway.sessions.table import SessionTable
 from gateway.settings import Settings
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 class Upkeep:
     def __init__(self, settings: Settings, registry: Registry, metrics: Metrics,
                  table: SessionTable, leases: Leases, placement: Placement, handoff: Handoff,
-                 records: Records, lifecycle: Lifecycle) -> None:
+                 records: Records, lifecycle: Lifecycle, hibernation: Hibernation) -> None:
         self._settings = settings
         self._registry = registry
         self._metrics = metrics
@@ -35,13 +37,15 @@ class Upkeep:
         self._handoff = handoff
         self._records = records
         self._lifecycle = lifecycle
+        self._hibernation = hibernation
         self._reaper = Reaper(settings)
 
     async def reap_forever(self) -> None:
         await self._reaper.run_forever(self.reap_once)
 
     async def reap_once(self) -> int:
-        """Remove idle and over-age sessions; returns how many."""
+        """Remove (delete or hibernate, as ``reap_action`` says) idle and over-age sessions,
+        and expired snapshots; returns how many sessions."""
         if self._leases.shared:
             for record in await self._placement.orphans():
                 await self._adopt_orphan(record)
@@ -49,9 +53,26 @@ class Upkeep:
         for session, why in doomed:
             log.info("reaping session_id=%s why=%s", session.id, why)
             self._metrics.reaped.labels(why).inc()
-            await self._lifecycle.discard(session, remove_files=True)
+            await self._reap(session)
         await self._records.save_activity(list(self._table))
+        try:
+            await self._hibernation.expire()
+        except errors.GatewayError as exc:  # the store or the registry: next pass
+            log.warning("snapshot retention pass failed: %s", exc.message)
         return len(doomed)
+
+    async def _reap(self, session: Session) -> None:
+        if self._settings.reap_action == "hibernate":
+            try:
+                await self._hibernation.hibernate(session)
+                return
+            except errors.SnapshotTooLarge as exc:  # never fits: deleted, as without hibernation
+                log.warning("deleting instead of hibernating session_id=%s: %s", session.id,
+                            exc.message)
+            except errors.GatewayError as exc:  # the store or registry: tried again next pass
+                log.warning("hibernation failed session_id=%s: %s", session.id, exc.message)
+                return
+        await self._lifecycle.discard(session, remove_files=True)
 
     async def _adopt_orphan(self, record: SessionRecord) -> None:
         current = await self._registry.get(record.owner, record.session_id)
