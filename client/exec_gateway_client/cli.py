@@ -2,8 +2,8 @@
 interactive prompt on a session (``repl``), list sessions (``sessions``).
 
 Exit status of ``run``: the cell's status — ok 0, error 1, timeout 124, interrupted (Ctrl-C)
-130, memory_exceeded 137, dead 134, restore_failed 1; 2 when the gateway refused or could
-not be reached.
+130, memory_exceeded 137, dead 134, restore_failed 1; 2 when the gateway refused or could not
+be reached.
 """
 
 from __future__ import annotations
