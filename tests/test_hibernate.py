@@ -21,6 +21,7 @@ from tests.conftest import (
     docker_instance_id,
     wait_until,
 )
+from tests.wheels import build_index
 
 DOCKER_IMAGE = os.environ.get("GATEWAY_DOCKER_IMAGE", "exec-gateway-kernel:latest")
 
@@ -390,3 +391,29 @@ def test_a_snapshot_replaced_in_s3_by_another_sessions_fails_its_restore(
     fresh = gw.execute("mine", "print('x' in dir(), __import__('os').listdir('.'))")
     assert fresh["stdout"] == "False []\n"
     assert gw.execute("theirs", "x")["outputs"][0]["data"]["text/plain"] == "'theirs'"
+
+
+def test_packages_installed_through_the_api_come_back_and_a_packages_call_restores(
+        start: Any, tmp_path: Path) -> None:
+    """Issue 14 + 17 together: a real install (gateway-side download, in-sandbox pip),
+    hibernation, then a packages call is what wakes the session; the package imports."""
+    index = tmp_path / "wheels"
+    build_index(index, tmp_path / "BUILT")
+    gw = start(package_index_url="", package_find_links=f'["{index}"]')
+    assert gw.http.post("/v1/sessions", json={"session_id": "s1"}).status_code == 201
+    r = gw.http.post("/v1/sessions/s1/packages", json={"packages": ["egw-tiny==1.0.0"]})
+    assert r.status_code == 202, r.text
+    url = r.json()["status_url"]
+    job = wait_until(lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(
+        gw.http.get(url).json()), 180, 0.2)
+    assert job["status"] == "succeeded", job
+    assert gw.execute("s1", "kept = 7")["status"] == "ok"
+    body = hibernate(gw, "s1")
+    assert body["packages"] == 1 and "kept" in body["variables"]
+    listed = gw.http.get("/v1/sessions/s1/packages")  # a call of any kind restores
+    assert listed.status_code == 200, listed.text
+    assert [p["name"] for p in listed.json()["packages"]] == ["egw-tiny"]
+    assert gw.http.get("/v1/sessions/s1").json()["state"] == "idle"
+    out = gw.execute("s1", "import egw_tiny; print(egw_tiny.hello(), kept)")
+    assert out["status"] == "ok" and out["stdout"] == "hi 7\n", out
+    assert out["restored"]["packages"] == 1 and out["generation"] == 2
