@@ -49,29 +49,34 @@ import json
 import logging
 import math
 import os
-import secrets
 import shutil
 import signal
-import threading
-import time
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
-from docker.types import LogConfig, Mount, Ulimit
 
 from gateway.errors import GatewayError, KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import (
-    KERNEL_DIR_ENV,
-    ExitInfo,
-    KernelHandle,
-    LaunchSpec,
-    SandboxRun,
-    policy_env,
+from gateway.launchers import KERNEL_DIR_ENV, ExitInfo, KernelHandle, LaunchSpec, SandboxRun
+from gateway.launchers import docker_container as container
+from gateway.launchers.docker_container import (
+    DIR_LOCKED,
+    KERNEL_DIR,
+    SECCOMP_PROFILE,
+    make_socket_dir,
+    seccomp_option,
+)
+from gateway.launchers.docker_events import (
+    ENGINE_ERRORS,
+    LABEL_GATEWAY,
+    LABEL_MANAGED,
+    LABEL_SOCKET_DIR,
+    UNREACHABLE,
+    ContainerExits,
+    engine_errors,
+    exit_info,
 )
 from gateway.launchers.envvolume import EnvVolume
 from gateway.launchers.meters import CgroupFiles, CgroupMeter, cgroup_files
@@ -79,42 +84,9 @@ from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LABEL_MANAGED = "exec-gateway.managed"  # "true" on every container this project creates
-LABEL_GATEWAY = "exec-gateway.gateway"  # settings.instance_id of the creating gateway
-LABEL_SESSION = "exec-gateway.session_id"
-LABEL_KERNEL = "exec-gateway.kernel_id"
-LABEL_OWNER = "exec-gateway.owner"  # the API key's name, never its token
-LABEL_SOCKET_DIR = "exec-gateway.socket_dir"
+__all__ = ["ENGINE_ERRORS", "SECCOMP_PROFILE", "DockerLauncher", "engine_errors"]
 
-KERNEL_DIR = "/kernel"  # where the socket directory appears inside the container
 _SOCKET_NAMES = tuple(f"k-{n}" for n in range(1, 6))
-_DIR_OPEN = 0o2770  # setgid: the kernel's sockets join the directory's group
-_DIR_LOCKED = 0o2750  # after start-up: the kernel may connect, not create
-_LOG_MAX = "1m"  # the container's stdout/stderr log on the host; a kernel may print a lot
-SECCOMP_PROFILE = Path(__file__).with_name("seccomp.json")
-
-# Errors that mean "the engine cannot be reached", as opposed to "it refused this request".
-_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-ENGINE_ERRORS = (docker.errors.DockerException, *_UNREACHABLE)  # what an engine call raises
-
-
-@contextlib.contextmanager
-def engine_errors(doing: str) -> Iterator[None]:
-    """Engine errors as the one domain error callers handle, ``doing: <the error>`` (httpx's
-    ``map_httpcore_exceptions``); the engine's own exception stays the ``__cause__``."""
-    try:
-        yield
-    except ENGINE_ERRORS as exc:
-        raise LauncherUnavailable(f"{doing}: {exc}") from exc
-
-
-def _exit_info(exit_code: int | None, oom_killed: bool) -> ExitInfo:
-    """Exit status of the container's init: 128+N means the kernel died of signal N."""
-    if oom_killed:
-        return ExitInfo(exit_code=exit_code, oom_killed=True)
-    if exit_code is not None and 128 < exit_code < 128 + 65:
-        return ExitInfo(exit_code=exit_code, signal=exit_code - 128)
-    return ExitInfo(exit_code=exit_code)
 
 
 class DockerLauncher:
@@ -133,22 +105,12 @@ class DockerLauncher:
             self.workspace_owner = None
             self.workspace_mode = 0o2770
         self._runtime_dir = settings.runtime_dir
-        # the engine takes the profile itself, not a path (compact: it is in every container's
-        # HostConfig); settings checked the file is a JSON profile
-        profile = json.loads((settings.docker_seccomp_profile or SECCOMP_PROFILE).read_text())
-        self._seccomp = "seccomp=" + json.dumps(profile, separators=(",", ":"))
+        self._seccomp = seccomp_option(settings)
         self._client: docker.DockerClient | None = None
         self.env_volume = EnvVolume(settings.docker_image, settings.docker_env_volume)
         self._start_lock = asyncio.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._exits: dict[str, asyncio.Future[ExitInfo]] = {}  # container id → its exit
-        self._oom_seen: set[str] = set()
+        self._exits = ContainerExits(settings.docker_api_timeout_s)
         self._cgroups: dict[str, CgroupFiles] = {}  # container id → where its figures are
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._events: Any = None  # the open docker CancellableStream
-        self._events_thread: threading.Thread | None = None
-        self._events_subscribed = threading.Event()
-        self._stopping = threading.Event()
 
     # ------------------------------------------------------------------ engine
     def _connect(self) -> docker.DockerClient:
@@ -165,20 +127,12 @@ class DockerLauncher:
 
     async def _ready(self) -> docker.DockerClient:
         """The shared client, with the event stream running (so no death is missed)."""
-        if self._client is not None and self._events_subscribed.is_set():
+        if self._client is not None and self._exits.following:
             return self._client
         async with self._start_lock:
             if self._client is None:
                 self._client = await asyncio.to_thread(self._connect)
-            if self._events_thread is None:
-                self._loop = asyncio.get_running_loop()
-                self._events_thread = threading.Thread(
-                    target=self._read_events, name="docker-events", daemon=True
-                )
-                self._events_thread.start()
-            deadline_s = self._settings.docker_api_timeout_s
-            if not await asyncio.to_thread(self._events_subscribed.wait, deadline_s):
-                raise LauncherUnavailable("the Docker engine's event stream did not open")
+            await self._exits.follow(self._client)
             self.env_volume.start(self._client)  # in the background, once
             return self._client
 
@@ -198,183 +152,17 @@ class DockerLauncher:
         except OSError as exc:
             raise LauncherUnavailable(f"cannot create runtime directories: {exc}") from exc
 
-    # ------------------------------------------------------------------ events
-    def _read_events(self) -> None:
-        """Background thread: follow die/oom events of this gateway's containers; reconnect
-        (replaying from the last event seen) if the stream breaks."""
-        assert self._client is not None
-        filters = {
-            "type": "container",
-            "event": ["die", "oom"],
-            # every gateway's: a kernel taken over from a crashed replica keeps that label
-            "label": [f"{LABEL_MANAGED}=true"],
-        }
-        since: int | None = None
-        backoff_s = 0.1
-        while not self._stopping.is_set():
-            try:
-                stream = self._client.api.events(filters=filters, since=since, decode=True)
-            except ENGINE_ERRORS as exc:
-                log.warning("docker event stream unavailable, retrying: %s", exc)
-                self._stopping.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 2.0)
-                continue
-            self._events = stream
-            if self._stopping.is_set():  # close() ran while this stream was opening
-                stream.close()
-                return
-            reconnected = self._events_subscribed.is_set()
-            self._events_subscribed.set()
-            backoff_s = 0.1
-            if reconnected:  # deaths during the gap: ask the engine about every kernel
-                self._post(self._reconcile)
-            try:
-                for event in stream:
-                    since = int(event.get("time", time.time()))
-                    self._post(self._on_event, event)
-            except (*ENGINE_ERRORS, OSError, ValueError) as exc:
-                if not self._stopping.is_set():
-                    log.warning("docker event stream broke, reconnecting: %s", exc)
-            with contextlib.suppress(Exception):
-                stream.close()
-
-    def _post(self, func: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closing
-            loop.call_soon_threadsafe(func, *args)
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        action = event.get("Action") or event.get("status")
-        actor = event.get("Actor") or {}
-        container_id = actor.get("ID") or event.get("id", "")
-        if action == "oom" and container_id in self._exits:
-            self._oom_seen.add(container_id)
-        elif action == "die" and container_id in self._exits:
-            code = actor.get("Attributes", {}).get("exitCode")
-            fallback = int(code) if code is not None and str(code).isdigit() else None
-            self._spawn(self._resolve_exit(container_id, fallback))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)  # a reference, so the task is not collected mid-way
-        task.add_done_callback(self._tasks.discard)
-
-    async def _resolve_exit(self, container_id: str, fallback_code: int | None) -> None:
-        """The container stopped: read why (OOMKilled, exit code) and wake its waiters."""
-        exited = self._exits.get(container_id)
-        if exited is None or exited.done():
-            return
-        state = await self._state(container_id)
-        if state is not None and state.get("Running"):
-            return  # a stale or replayed event
-        code = state.get("ExitCode", fallback_code) if state else fallback_code
-        oom = bool(state and state.get("OOMKilled")) or container_id in self._oom_seen
-        # an OOM kill of some child process does not make a later exit(1) an OOM death
-        info = _exit_info(code, oom and code == 128 + signal.SIGKILL)
-        self._oom_seen.discard(container_id)
-        if not exited.done():
-            exited.set_result(info)
-
-    async def _state(self, container_id: str) -> dict[str, Any] | None:
-        """``State`` of the container, or None if it is gone or the engine did not answer."""
-        assert self._client is not None
-        try:
-            attrs = await asyncio.to_thread(self._client.api.inspect_container, container_id)
-        except ENGINE_ERRORS:
-            return None
-        state: dict[str, Any] = attrs.get("State") or {}
-        return state
-
-    def _reconcile(self) -> None:
-        for container_id, exited in list(self._exits.items()):
-            if not exited.done():
-                self._spawn(self._resolve_exit(container_id, None))
-
     # ------------------------------------------------------------------ launch
-    def _socket_dir(self, info: ConnectionInfo) -> tuple[Path, int]:
-        """Make a fresh socket directory holding the kernel's connection file; returns it and
-        the gid the kernel must run with. Raises OSError."""
-        self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self._runtime_dir / secrets.token_hex(6)
-        path.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            # root reaches any socket; give the kernel a group of its own, never gid 0
-            os.chown(path, 0, self._settings.docker_kernel_gid)
-        os.chmod(path, _DIR_OPEN)  # after chown, which clears the setgid bit
-        try:
-            # read-only for the kernel (through the group); the paths as the kernel sees them
-            fd = os.open(path / "connection.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(info.with_ip(f"{KERNEL_DIR}/k").model_dump(), fh)
-        except OSError:
-            shutil.rmtree(path, ignore_errors=True)
-            raise
-        return path, os.stat(path).st_gid
-
-    def _labels(self, spec: LaunchSpec, socket_dir: Path) -> dict[str, str]:
-        return {
-            LABEL_MANAGED: "true",
-            LABEL_GATEWAY: self._settings.instance_id,
-            LABEL_SESSION: spec.session_id,
-            LABEL_KERNEL: spec.kernel_id,
-            LABEL_OWNER: spec.owner,
-            LABEL_SOCKET_DIR: str(socket_dir),
-        }
-
     def _create(self, spec: LaunchSpec, socket_dir: Path, gid: int) -> str:
         """Create (not start) the container; returns its id. Runs in a thread."""
         assert self._client is not None
         api = self._client.api
-        limits = spec.limits
         # the env volume of the image this tag names now (a rebuilt image has its own)
         env_mounts = (self.env_volume.mounts(self._client, str(
             api.inspect_image(self._settings.docker_image)["Id"]))
             if self._settings.docker_env_volume else [])
-        disk = f"size={limits.disk_mb}m" if limits.disk_mb else ""
-        uid = self._settings.docker_kernel_uid
-        host_config = api.create_host_config(
-            network_mode="none",
-            read_only=True,
-            tmpfs={  # noexec as Docker's default: nothing written is run as a program
-                "/tmp": f"rw,noexec,nosuid,nodev,mode=1777,{disk}".rstrip(","),
-                **({} if spec.workspace else {"/work": f"rw,noexec,nosuid,nodev,uid={uid},"
-                                                       f"gid={gid},mode=0700,{disk}".rstrip(",")}),
-            },
-            shm_size=f"{limits.disk_mb}m" if limits.disk_mb else None,
-            mounts=[Mount(target=KERNEL_DIR, source=str(socket_dir), type="bind"),
-                    *([Mount(target="/work", source=spec.workspace, type="bind")]
-                      if spec.workspace else []),
-                    *env_mounts],  # read-only
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges", self._seccomp],
-            pids_limit=limits.pids,
-            mem_limit=f"{limits.memory_mb}m" if limits.memory_mb else None,
-            memswap_limit=f"{limits.memory_mb}m" if limits.memory_mb else None,
-            nano_cpus=int(limits.cpus * 1e9) if limits.cpus else None,
-            init=True,
-            ulimits=[Ulimit(name="core", soft=0, hard=0)],
-            log_config=LogConfig(type="json-file", config={"max-size": _LOG_MAX, "max-file": "1"}),
-            runtime=self._settings.docker_runtime,
-        )
-        env = {
-            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-            **self._settings.kernel_env,
-            **spec.env,
-            **policy_env(self._settings),
-        }
-        created = api.create_container(
-            self._settings.docker_image,
-            name=f"egw-{self._settings.instance_id}-{socket_dir.name}",
-            user=f"{uid}:{gid}",
-            working_dir="/work",
-            environment=env,
-            labels=self._labels(spec, socket_dir),
-            host_config=host_config,
-            network_disabled=True,
-        )
-        return str(created["Id"])
+        return container.create(api, self._settings, spec, socket_dir, gid, self._seccomp,
+                                env_mounts)
 
     async def launch(self, spec: LaunchSpec) -> KernelHandle:
         """Start the kernel's container and return once its sockets exist (the directory is then
@@ -382,7 +170,7 @@ class DockerLauncher:
         client = await self._ready()
         info = ConnectionInfo.for_ipc(f"{KERNEL_DIR}/k")  # the host-side path is set below
         try:
-            socket_dir, gid = await asyncio.to_thread(self._socket_dir, info)
+            socket_dir, gid = await asyncio.to_thread(make_socket_dir, self._settings, info)
         except OSError as exc:
             raise KernelStartFailed(f"cannot create the socket directory: {exc}") from exc
         info = info.with_ip(str(socket_dir / "k"))
@@ -398,10 +186,10 @@ class DockerLauncher:
                 with contextlib.suppress(Exception):
                     container_id = await creating
                 raise
-            exited = self._watch(container_id)
+            exited = self._exits.watch(container_id)
             await asyncio.to_thread(client.api.start, container_id)
             await self._wait_for_sockets(socket_dir, exited)
-            await asyncio.to_thread(os.chmod, socket_dir, _DIR_LOCKED)
+            await asyncio.to_thread(os.chmod, socket_dir, DIR_LOCKED)
         except BaseException as exc:
             if isinstance(exc, _KernelExited) and container_id is not None:
                 log.warning("kernel container exited during start-up session_id=%s reason=%s "
@@ -442,17 +230,10 @@ class DockerLauncher:
             return f"(no output: {exc})"
         return bytes(out).decode("utf-8", "replace")
 
-    def _watch(self, container_id: str) -> asyncio.Future[ExitInfo]:
-        exited = self._exits.get(container_id)
-        if exited is None:
-            exited = asyncio.get_running_loop().create_future()
-            self._exits[container_id] = exited
-        return exited
-
     async def _discard(self, container_id: str | None, socket_dir: Path) -> None:
         """Best-effort cleanup after a failed launch."""
         if container_id is not None:
-            self._exits.pop(container_id, None)
+            self._exits.forget(container_id)
             with contextlib.suppress(Exception):
                 await self._remove(container_id)
         await asyncio.to_thread(shutil.rmtree, socket_dir, True)
@@ -462,11 +243,11 @@ class DockerLauncher:
         exited = self._exits.get(handle.ref)
         if exited is None:  # not started by this process: ask the engine once, then events
             await self._ready()
-            exited = self._watch(handle.ref)
-            state = await self._state(handle.ref)
+            exited = self._exits.watch(handle.ref)
+            state = await self._exits.state(handle.ref)
             if (state is None or not state.get("Running")) and not exited.done():
                 code = state.get("ExitCode") if state else None
-                exited.set_result(_exit_info(code, bool(state and state.get("OOMKilled"))))
+                exited.set_result(exit_info(code, bool(state and state.get("OOMKilled"))))
         return await asyncio.shield(exited)
 
     async def _remove(self, container_id: str) -> None:
@@ -497,8 +278,7 @@ class DockerLauncher:
             # the container stays behind, labelled: the next start-up removes it
             log.warning("could not remove container=%s: %s", container_id[:12], exc)
         finally:
-            self._exits.pop(container_id, None)
-            self._oom_seen.discard(container_id)
+            self._exits.forget(container_id)
             self._cgroups.pop(container_id, None)
             if exited is not None and not exited.done():
                 exited.set_result(ExitInfo(signal=signal.SIGKILL))
@@ -518,7 +298,7 @@ class DockerLauncher:
 
         try:
             return dict(json.loads(await asyncio.to_thread(run)))
-        except (docker.errors.DockerException, *_UNREACHABLE, ValueError) as exc:
+        except (docker.errors.DockerException, *UNREACHABLE, ValueError) as exc:
             raise LauncherUnavailable(f"cannot list the image's libraries: {exc}") from exc
 
     async def run_python(self, handle: KernelHandle, run: SandboxRun) -> int:
@@ -568,7 +348,7 @@ class DockerLauncher:
         if files is None:
             files = cgroup_files(handle.ref)
         if files is None:
-            state = await self._state(handle.ref) if self._client is not None else None
+            state = await self._exits.state(handle.ref)
             pid = state.get("Pid") if state else None
             files = cgroup_files(handle.ref, pid) if isinstance(pid, int) and pid > 0 else None
         if files is None:
@@ -629,19 +409,10 @@ class DockerLauncher:
         return running and await asyncio.to_thread(Path(handle.socket_dir).is_dir)
 
     async def close(self) -> None:
-        self._stopping.set()
-        stream, thread = self._events, self._events_thread
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(stream.close)
-        if thread is not None:
-            await asyncio.to_thread(thread.join, 5.0)
+        await self._exits.close()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._client.close)
-        for exited in self._exits.values():
-            if not exited.done():
-                exited.cancel()
 
 
 class _KernelExited(Exception):
@@ -654,7 +425,7 @@ def _launch_error(exc: BaseException, image: str) -> GatewayError | None:
     """Translate a failed launch into what the client should see; None: re-raise as is."""
     if isinstance(exc, docker.errors.ImageNotFound):
         return LauncherUnavailable(f"image {image} not found: run `make kernel-image`")
-    if isinstance(exc, _UNREACHABLE):
+    if isinstance(exc, UNREACHABLE):
         return LauncherUnavailable(f"cannot reach the Docker engine: {exc}")
     if isinstance(exc, docker.errors.APIError):
         return KernelStartFailed(f"the Docker engine refused the kernel container: "
