@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Connect, Gateway
+from tests.conftest import IN_CI, ROOT, Connect, Gateway, docker_instance_id
+
+KERNEL_PYTHON = ROOT / ".venv-kernel" / "bin" / "python"
 
 LEVERS = {"execute_sleep", "history_in_memory", "quick_async_check", "skip_empty_flush",
           "plain_display", "cached_signatures", "no_debugger", "lazy_jupyter_client",
@@ -105,14 +107,30 @@ def test_rich_reprs_and_mimebundles_are_displayed(gw: Gateway, sid: str) -> None
     assert last["data"] == {"text/plain": "R()", "text/html": "<i>r</i>", "text/latex": "$r$"}
 
 
-@pytest.mark.docker  # the local kernels run the gateway's own environment, without pandas
-def test_pandas_and_matplotlib_display_in_the_image(gw: Gateway, sid: str) -> None:
-    if "docker" not in gw.env.get("GATEWAY_LAUNCHER", ""):
-        pytest.skip("pandas is in the kernel image; the local kernels run without it")
-    result = gw.execute(sid, "import pandas as pd\npd.DataFrame({'a': [1, 2]})")
+@pytest.fixture(params=[pytest.param("local", id="local"),
+                        pytest.param("docker", id="docker", marks=pytest.mark.docker)])
+def stack_gw(request: pytest.FixtureRequest, gateway_factory: Any) -> Gateway:
+    """A gateway whose kernels have the scientific stack: the Docker image, or locally the
+    kernels' own environment (.venv-kernel, as `make run` uses)."""
+    if request.param == "docker":
+        request.getfixturevalue("docker_client")  # (fails in CI when there is no engine)
+        gw: Gateway = gateway_factory(launcher="docker", instance_id=docker_instance_id("stk"))
+        return gw
+    if not KERNEL_PYTHON.exists():
+        why = "the local kernels' environment is missing: run `make kernel-env`"
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+    local: Gateway = gateway_factory(kernel_python=str(KERNEL_PYTHON))
+    return local
+
+
+def test_pandas_and_matplotlib_display_in_a_tuned_kernel(stack_gw: Gateway) -> None:
+    result = stack_gw.execute("stack", "import pandas as pd\npd.DataFrame({'a': [1, 2]})")
     data = result["outputs"][0]["data"]
     assert "<table" in data["text/html"] and "a" in data["text/plain"], result
-    plot = gw.execute(sid, "import matplotlib.pyplot as plt\nplt.plot([1, 3])\nplt.show()")
+    plot = stack_gw.execute("stack", "import matplotlib.pyplot as plt\nplt.plot([1, 3])\n"
+                                     "plt.show()")
     assert plot["outputs"][0]["data"]["image/png"].startswith("iVBOR"), plot
 
 
