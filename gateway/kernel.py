@@ -27,7 +27,7 @@ import zmq
 from jupyter_client.session import Session
 from pydantic import BaseModel
 
-from gateway.errors import KernelDied, KernelTimeout
+from gateway.errors import KernelDied, KernelStartFailed, KernelTimeout
 from gateway.kernel_sockets import SOCKET_TYPES, KernelSockets
 from gateway.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, Rejected, WireCodec
 
@@ -171,7 +171,11 @@ class KernelConnection:
 
     def _open_sockets(self, fds: dict[str, int]) -> None:
         self._fds.extend(fds.values())
-        self._sockets.open(fds, self.session.bsession)
+        try:
+            self._sockets.open(fds, self.session.bsession)
+        except zmq.ZMQError as exc:  # out of sockets or descriptors: no room for a kernel
+            raise KernelStartFailed(f"the gateway cannot open the kernel's sockets: {exc}"
+                                    ) from exc
 
     async def _handshake(self, died: asyncio.Future[Any] | None) -> Message:
         # A SUB socket misses what is published before its subscription lands: resend

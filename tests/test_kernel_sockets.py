@@ -104,3 +104,25 @@ async def test_every_message_is_read_whole_and_in_order(peer_dir: Path) -> None:
         sockets.close()
         kernel.close()
         context.term()
+
+
+async def test_no_sockets_left_is_a_failed_kernel_start_not_an_internal_error(
+        peer_dir: Path) -> None:
+    """ZeroMQ out of sockets (or the process out of descriptors) while connecting to a new
+    kernel: the start fails as a domain error (503 kernel_start_failed), never a 500."""
+    from gateway.errors import KernelStartFailed
+    from gateway.kernel import ConnectionInfo, KernelConnection
+
+    peer: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    kernel = Kernel(peer, peer_dir)
+    gateway_side: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gateway_side.set(zmq.MAX_SOCKETS, 2)  # room for two of the kernel's four channels
+    conn = KernelConnection(ConnectionInfo.for_ipc(str(peer_dir / "k")), gateway_side)
+    try:
+        with pytest.raises(KernelStartFailed, match="cannot open the kernel's sockets"):
+            conn._open_sockets({ch: os.dup(fd) for ch, fd in kernel.fds.items()})
+    finally:
+        conn.close()
+        kernel.close()
+        gateway_side.term()
+        peer.term()

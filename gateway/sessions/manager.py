@@ -53,6 +53,9 @@ class SessionManager:
         self.metrics = metrics
         self.table = SessionTable(settings)
         self._zmq = zmq.asyncio.Context()
+        # ZeroMQ's default of 1023 sockets per context would cap the gateway at ~250 sessions
+        # (4 per kernel); the process's fd limit (raised at start-up) is the real bound
+        self._zmq.set(zmq.MAX_SOCKETS, self._zmq.get(zmq.SOCKET_LIMIT))
         self.volumes = Volumes(settings, launcher.workspace_owner, launcher.workspace_mode)
         self.pool = KernelPool(settings, launcher, self._zmq, metrics,
                                room=lambda: settings.max_sessions - self.table.occupied,
