@@ -34,7 +34,7 @@ class BenchConfig:
     files: bool = True  # the files API section (throughput vs docker cp, files_changed cost)
     density: bool = True  # sessions per machine: idle docker sessions opened in steps
     density_steps: tuple[int, ...] = (50, 100, 200, 400, 600)  # idle sessions at each step
-    density_max_s: float = 210.0  # the density section stops opening sessions after this
+    density_max_s: float = 300.0  # the density section stops opening sessions after this
     density_min_free_mb: int = 3072  # ... or when the host's MemAvailable falls below this
     density_sample: int = 20  # containers whose cgroup/shim/storage daemon are read per step
     density_latency_calls: int = 200  # 1+1 on the active session at each step
