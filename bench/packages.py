@@ -127,6 +127,9 @@ async def _figures(config: BenchConfig, gw: GatewayProcess, names: list[str]
             imports.append(time.perf_counter() - started)
             if out["status"] != "ok":
                 raise BenchError(f"import {name} failed: {out['error']}")
+            for sid in (first, second, third):  # room for the next round's three
+                await _call(conn, "DELETE", f"/v1/sessions/{sid}", None, ok=(204,))
+                sessions.remove(sid)
     finally:
         for sid in sessions:
             with contextlib.suppress(Exception):
