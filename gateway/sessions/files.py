@@ -200,10 +200,12 @@ class SessionFiles:
     async def before_cell(self, session: Session) -> int:
         """The moment a cell starts, for ``after_cell``: on the coarse clock (files written
         later never carry an earlier timestamp, whether the filesystem stamps coarse or fine
-        times), and past the last change made through the API, so the API's own files are
-        never reported as the cell's (right after an upload this waits up to one tick)."""
+        times), and past the last change made through the API or reported for a cell, so
+        neither the API's own files nor the previous cell's are reported as this cell's (a
+        file written in the tick the next cell starts in would be: a cell takes ~2 ms, a tick
+        4). Right after an upload, or a cell that wrote files, this waits up to one tick."""
         since = now_ns()
-        while since <= session.files_api_ns:
+        while since <= session.files_changed_ns:
             await asyncio.sleep(0.001)
             since = now_ns()
         return since
@@ -239,14 +241,12 @@ class SessionFiles:
             await self._measure(session)
         changed = [info for info in scan.changed if not _in_packages(info.path)]
         for info in changed:
-            self._changed(session, info, "written", by_api=False)
+            self._changed(session, info, "written")
         return changed, scan.truncated
 
     # ------------------------------------------------------------------ helpers
-    def _changed(self, session: Session, info: FileInfo, change: str, *, by_api: bool = True
-                 ) -> None:
-        if by_api:  # the fine clock: at or past any timestamp the change left
-            session.files_api_ns = time.time_ns()
+    def _changed(self, session: Session, info: FileInfo, change: str) -> None:
+        session.files_changed_ns = time.time_ns()  # the fine clock: at or past its timestamps
         session.events.publish({"type": "file_changed", "change": change,
                                 "file": info.model_dump(mode="json")})
 

@@ -69,7 +69,9 @@ class Session:
         self.pending_input: dict[str, Message] = {}  # request id → the kernel's input_request
         self.jupyter_error: tuple[str, float] | None = None  # (client session, when) it failed
         self.workspace: str | None = None  # host path of its workspace, once it has one
-        self.files_api_ns = 0  # when the files API last changed the workspace (file clock)
+        # when the files API or a cell last changed the workspace (fine clock): the next cell
+        # counts changes from a later tick, so they are never reported twice
+        self.files_changed_ns = 0
         self.snapshot: SnapshotRef | None = None  # while hibernated, or being restored
         self.restored: RestoreReport | None = None  # for the first answer after a restore
 
