@@ -227,6 +227,11 @@ async def run_packages(config: BenchConfig, tracker: ProcessTracker, results: di
     await _section(results, "packages", packages.packages_section(config, results, tracker))
 
 
+async def run_replicas(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
+                       ) -> None:
+    await _section(results, "replicas", replicas.replicas_section(config, results, tracker))
+
+
 async def run_hibernate(config: BenchConfig, tracker: ProcessTracker, results: dict[str, Any]
                         ) -> None:
     await _section(results, "hibernate", hibernate.hibernate_section(config, results, tracker))
@@ -249,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the files API section only")
     parser.add_argument("--only-packages", action="store_true",
                         help="run the packages section only (pip install cold, warm, import)")
+    parser.add_argument("--only-replicas", action="store_true",
+                        help="run the two-replica forwarding section only")
     parser.add_argument("--only-hibernate", action="store_true",
                         help="run the hibernation section only")
     parser.add_argument("--profile", action="store_true",
@@ -276,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_files(config, tracker, results) if args.only_files
                     else run_hibernate(config, tracker, results) if args.only_hibernate
                     else run_packages(config, tracker, results) if args.only_packages
+                    else run_replicas(config, tracker, results) if args.only_replicas
                     else _section(results, "density",
                                   density.density_section(config, results, tracker))
                     if args.only_density else run(config, tracker, results))
