@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -59,7 +58,7 @@ import docker.errors
 
 from gateway.errors import GatewayError, KernelStartFailed, LauncherUnavailable
 from gateway.kernel import ConnectionInfo
-from gateway.launchers import KERNEL_DIR_ENV, ExitInfo, KernelHandle, LaunchSpec, SandboxRun
+from gateway.launchers import ExitInfo, KernelHandle, LaunchSpec, SandboxRun, docker_exec
 from gateway.launchers import docker_container as container
 from gateway.launchers.docker_container import (
     DIR_LOCKED,
@@ -284,62 +283,14 @@ class DockerLauncher:
                 exited.set_result(ExitInfo(signal=signal.SIGKILL))
             await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
 
+    # ------------------------------------------------------------------ sandbox runs
     async def libraries(self, script: str) -> dict[str, str]:
-        """``script`` run by the image's interpreter in a throwaway container (no network,
-        the kernel's uid, removed afterwards)."""
-        client = await self._ready()
-
-        def run() -> bytes:
-            out = client.containers.run(
-                self._settings.docker_image, ["-I", "-c", script],
-                entrypoint="/opt/kernel/bin/python", network_disabled=True, network_mode="none",
-                user=str(self._settings.docker_kernel_uid), remove=True, stderr=False)
-            return bytes(out)
-
-        try:
-            return dict(json.loads(await asyncio.to_thread(run)))
-        except (docker.errors.DockerException, *UNREACHABLE, ValueError) as exc:
-            raise LauncherUnavailable(f"cannot list the image's libraries: {exc}") from exc
+        """See gateway/launchers/docker_exec.py: a throwaway container of the image."""
+        return await docker_exec.libraries(await self._ready(), self._settings, script)
 
     async def run_python(self, handle: KernelHandle, run: SandboxRun) -> int:
-        """``docker exec`` in the kernel's container, as the container's user: same network
-        (none), cgroup limits, seccomp profile, capabilities (none) and environment. Past
-        ``run.timeout_s`` (or when cancelled) the process is killed (``timeout -s KILL`` in
-        the container, and its host pid as well)."""
-        client = await self._ready()
-        api = client.api
-        loop = asyncio.get_running_loop()
-        seconds = max(1, math.ceil(run.timeout_s))
-        with engine_errors("cannot run a command in the kernel's container"):
-            attrs = await asyncio.to_thread(api.inspect_container, handle.ref)
-            user = (attrs.get("Config") or {}).get("User") or str(
-                self._settings.docker_kernel_uid)
-            exec_id = (await asyncio.to_thread(
-                api.exec_create, handle.ref,
-                ["timeout", "-s", "KILL", str(seconds), "/opt/kernel/bin/python", "-I", "-c",
-                 run.script, *run.args],
-                stdout=True, stderr=True, user=user, workdir="/work",
-                environment={KERNEL_DIR_ENV: KERNEL_DIR}))["Id"]
-
-        def stream() -> None:
-            for chunk in api.exec_start(exec_id, stream=True):
-                loop.call_soon_threadsafe(run.on_output, bytes(chunk))
-
-        reading = asyncio.ensure_future(asyncio.to_thread(stream))
-        try:
-            with engine_errors("the command in the kernel's container failed"):
-                await asyncio.wait_for(asyncio.shield(reading), seconds + 5)
-                state = await asyncio.to_thread(api.exec_inspect, exec_id)
-            code = state.get("ExitCode")
-            return int(code) if isinstance(code, int) else -signal.SIGKILL
-        except TimeoutError:
-            return -signal.SIGKILL
-        finally:
-            if not reading.done():
-                with contextlib.suppress(*ENGINE_ERRORS, OSError, ValueError):
-                    pid = (await asyncio.to_thread(api.exec_inspect, exec_id)).get("Pid")
-                    if isinstance(pid, int) and pid > 0:
-                        os.killpg(pid, signal.SIGKILL)  # timeout and its child
+        """See gateway/launchers/docker_exec.py: ``docker exec`` in the kernel's container."""
+        return await docker_exec.run_python(await self._ready(), self._settings, handle, run)
 
     async def meter(self, handle: KernelHandle) -> CgroupMeter | None:
         """The container's cgroup: found at the usual places, else through its init's pid
