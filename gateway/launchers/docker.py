@@ -156,7 +156,9 @@ class DockerLauncher:
         """Create (not start) the container; returns its id. Runs in a thread."""
         assert self._client is not None
         api = self._client.api
-        # the env volume of the image this tag names now (a rebuilt image has its own)
+        # the env volume of the image this tag names now (a rebuilt image has its own); asked
+        # at every launch, not cached: only the engine knows where the tag points, and a stale
+        # id would mount the old image's environment over a rebuilt image's (~3 ms here)
         env_mounts = (self.env_volume.mounts(self._client, str(
             api.inspect_image(self._settings.docker_image)["Id"]))
             if self._settings.docker_env_volume else [])
