@@ -61,7 +61,9 @@ async def serve(settings: Settings, max_connections: int) -> None:
     await stop.wait()
     log.info("shutting down")
     server.stop()
+    services.links.stop()  # calls not yet taken on them go to other replicas
     await services.manager.close()
+    services.links.close()
     services.replicas.close()
 
 

@@ -10,12 +10,13 @@ from tornado import web
 from tornado.log import access_log
 
 from gateway.auth import Auth
-from gateway.handlers import files, jupyter, meta, packages, rest, runs, ws
+from gateway.handlers import files, jupyter, link, meta, packages, rest, runs, ws
 from gateway.handlers.base import NotFoundHandler, Services
-from gateway.handlers.replica_client import ReplicaClient
 from gateway.launchers import make_launcher
 from gateway.metrics import Metrics
 from gateway.registry import make_registry
+from gateway.replica_link.client import ReplicaLinks
+from gateway.replica_link.served import ServedLinks
 from gateway.sessions import SessionManager
 from gateway.settings import Settings
 
@@ -39,7 +40,8 @@ def build_services(settings: Settings) -> Services:
         launcher=launcher,
         registry=registry,
         metrics=metrics,
-        replicas=ReplicaClient(idle_s=settings.keepalive_timeout_s / 2),
+        replicas=ReplicaLinks(),
+        links=ServedLinks(4 * settings.max_request_bytes + 64 * 1024, metrics.replica_links),
     )
 
 
@@ -60,6 +62,7 @@ def make_app(services: Services) -> web.Application:
         (rf"/v1/sessions/{SID}/packages/jobs/(?P<job_id>[0-9a-f]{{1,64}})",
          packages.PackageJobHandler, deps),
         (r"/v1/run", runs.OneShotHandler, deps),
+        (r"/v1/replica-link", link.ReplicaLinkHandler, deps),
         (r"/v1/openapi.json", meta.OpenAPIHandler,
          {**deps, "document": meta.openapi_document(services)}),
         (r"/api/?", jupyter.ApiRootHandler, deps),
@@ -78,7 +81,7 @@ def make_app(services: Services) -> web.Application:
         (r"/docs/static/(swagger-ui-bundle\.js|swagger-ui\.css|favicon-32x32\.png)",
          web.StaticFileHandler, {"path": str(meta.swagger_ui_dir())}),
     ]
-    return web.Application(
+    app = web.Application(
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
@@ -89,6 +92,8 @@ def make_app(services: Services) -> web.Application:
         websocket_ping_timeout=services.settings.ws_ping_interval_s or None,
         log_function=log_request,
     )
+    services.links.app = app  # calls that come over replica links are routed by it too
+    return app
 
 
 def log_request(handler: web.RequestHandler) -> None:

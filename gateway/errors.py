@@ -170,14 +170,12 @@ class OwnerDown(OwnerUnreachable):
     """Internal: the owner replica refused the connection, so it never saw the call."""
 
 
-class Forward(GatewayError):
-    """Internal: another replica owns the session; handlers forward the call to ``url``."""
+class Misdirected(OwnerUnreachable):
+    """Internal: the replica a call was forwarded to over the replica link did not take it
+    (it no longer serves the session, or it is stopping): nothing ran there; the forwarder
+    asks the registry again. The one 421 replicas answer each other."""
 
-    status, code = 503, "owner_unreachable"
-
-    def __init__(self, url: str) -> None:
-        super().__init__("the gateway that owns this session cannot be reached")
-        self.url = url
+    status, code = 421, "misdirected"
 
 
 class KernelDied(Exception):

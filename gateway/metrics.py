@@ -56,6 +56,14 @@ class Metrics:
         self.pool_misses = Counter("gateway_pool_misses", "Kernel starts the pool could not serve",
                                    registry=self.registry)
 
+        self.replica_links = Gauge(
+            "gateway_replica_links", "Replica links other replicas hold open to this one",
+            registry=self.registry)
+        self.forwarded = Counter(
+            "gateway_forwarded_calls", "REST calls forwarded to the replica serving the session, "
+            "by outcome", ["outcome"],  # answered / misdirected / down / unreachable
+            registry=self.registry)
+
         self.file_bytes = Counter(
             "gateway_file_bytes", "Bytes through the files API", ["direction"],  # up / down
             registry=self.registry)

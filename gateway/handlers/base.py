@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,11 +15,12 @@ from tornado import web
 
 from gateway import errors
 from gateway.auth import Auth
-from gateway.handlers.replica_client import ReplicaClient
 from gateway.launchers import Launcher
 from gateway.metrics import Metrics
 from gateway.models import ErrorBody, ErrorDetail
 from gateway.registry import Registry
+from gateway.replica_link.client import ReplicaLinks
+from gateway.replica_link.served import ServedLinks
 from gateway.sessions import Here, Session, SessionManager, There
 from gateway.settings import Settings
 
@@ -28,6 +30,7 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 FORWARDED_HEADER = "X-Exec-Gateway-Forwarded-By"  # on calls one replica forwards to another
 RETRY_AFTER_S = 1  # the Retry-After of 429 and 503 answers
+MAX_MISDIRECTED = 20  # replicas answering "not here" in a row before a call gives up
 
 _CODES = {
     400: "bad_request",
@@ -51,7 +54,8 @@ class Services:
     launcher: Launcher
     registry: Registry
     metrics: Metrics
-    replicas: ReplicaClient  # forwarded REST calls, on keep-alive connections
+    replicas: ReplicaLinks  # forwarded REST calls, on links to the other replicas
+    links: ServedLinks  # the links other replicas opened to this one
 
 
 def validation_error(exc: pydantic.ValidationError) -> errors.GatewayError:
@@ -101,12 +105,16 @@ class GatewayHandler(web.RequestHandler):
         """``serve(session)`` if the session is served here, else ``forward(url)`` to the
         replica that serves it (never twice: a forwarded call is not forwarded again). When
         that replica is down, the call waits for its lease to expire and is served here (the
-        manager takes the session over), all within one deadline the manager sets."""
+        manager takes the session over), all within one deadline the manager sets; when it
+        no longer serves the session, the registry is asked again."""
         manager = self.services.manager
         deadline: float | None = None
+        misdirected = 0
+        # a remembered place may be stale: only the link forward can tell (Misdirected)
+        remembered = forward == getattr(self, "forward", None)
         while True:
             match await manager.locate(self.owner, session_id, open_if_absent=open_if_absent,
-                                       deadline=deadline):
+                                       deadline=deadline, remembered=remembered):
                 case Here(session):
                     try:
                         await serve(session)
@@ -115,13 +123,24 @@ class GatewayHandler(web.RequestHandler):
                     return
                 case There(url, deadline):
                     if self.request.headers.get(FORWARDED_HEADER):
-                        raise errors.OwnerUnreachable(
-                            "the session moved while the call was forwarded")
+                        moved = "the session moved while the call was forwarded"
+                        if getattr(self.request.connection, "via_link", False):
+                            raise errors.Misdirected(moved)  # the forwarder asks again
+                        raise errors.OwnerUnreachable(moved)
                     try:
                         await forward(url)
                         return
                     except errors.OwnerDown:
                         manager.mark_down(url)  # then ask the registry again
+                        self.services.metrics.forwarded.labels("down").inc()
+                    except errors.Misdirected:
+                        self.services.metrics.forwarded.labels("misdirected").inc()
+                        manager.forget_location(self.owner, session_id)
+                        misdirected += 1
+                        if misdirected > MAX_MISDIRECTED:
+                            raise errors.OwnerUnreachable(
+                                "the session kept moving between replicas") from None
+                        await asyncio.sleep(0.01 * (misdirected - 1))
 
     def allowed_methods(self) -> list[str]:
         """The methods this handler serves (for a 405's ``Allow``): those it defines."""
@@ -245,27 +264,35 @@ class ApiHandler(GatewayHandler):
             raise validation_error(exc) from None
 
     async def forward(self, base_url: str) -> None:
-        """Replay this request on the replica at ``base_url`` and relay its answer."""
+        """Replay this request on the replica at ``base_url`` (over the replica link) and
+        relay its answer. Raises OwnerDown or Misdirected when it did not take the call,
+        OwnerUnreachable when it may have run it."""
         settings = self.services.settings
         headers = {FORWARDED_HEADER: settings.instance_id, "Content-Type": "application/json"}
         for name in ("Authorization", "X-API-Key"):
             if name in self.request.headers:
                 headers[name] = self.request.headers[name]
-        body = b"".join(self._chunks) if self.request.method == "POST" else None
-        # OwnerDown (refused: it never saw the call, tried elsewhere) or OwnerUnreachable (it
-        # may have run the call: never replayed, the client hears what happened)
-        response = await self.services.replicas.fetch(
-            base_url, self.request.method or "GET", self.request.uri or "/", headers, body,
-            forward_timeout_s(settings))
-        self.set_status(response.code)
-        for name in ("Content-Type", "Location", "Retry-After"):
-            if name in response.headers:
-                self.set_header(name, response.headers[name])
-        if response.code == 204:
+        body = b"".join(self._chunks) if self.request.method == "POST" else b""
+        forwarded = self.services.metrics.forwarded
+        try:
+            answer = await self.services.replicas.fetch(
+                base_url, self.request.method or "GET", self.request.uri or "/", headers, body,
+                forward_timeout_s(settings))
+        except errors.OwnerUnreachable as exc:
+            if type(exc) is errors.OwnerUnreachable:
+                forwarded.labels("unreachable").inc()
+            raise
+        if answer.code == errors.Misdirected.status:
+            raise errors.Misdirected("the replica no longer serves the session")
+        forwarded.labels("answered").inc()
+        self.set_status(answer.code)
+        for name, value in answer.headers.get_all():
+            self.set_header(name, value)
+        if answer.code == 204:
             self.clear_header("Content-Type")
             self.finish()
         else:
-            self.finish(response.body)
+            self.finish(answer.body)
 
     def send(self, model: pydantic.BaseModel, status: int = 200) -> None:
         self.set_status(status)

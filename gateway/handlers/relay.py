@@ -1,6 +1,6 @@
 """Relay: a client's WebSocket carried to the replica that owns its session, frame for frame.
 
-A socket handler whose session lives on another replica (the manager raised ``Forward``)
+A socket handler whose session lives on another replica (the manager located it ``There``)
 opens the same path there in ``prepare()``, so a refusal is still a JSON HTTP error before the
 client's upgrade; once the client is upgraded, frames flow both ways and a close on either
 side closes the other with the same code. Each direction awaits its write before reading the

@@ -138,12 +138,13 @@ class SessionManager:
 
     # ------------------------------------------------------------------ placement
     async def locate(self, owner: str, session_id: str, *, open_if_absent: bool = False,
-                     deadline: float | None = None) -> Here | There:
+                     deadline: float | None = None, remembered: bool = False) -> Here | There:
         """Where the session is served; with ``open_if_absent`` (and ``create_on_execute``)
         an unknown session is opened here. Raises InvalidSessionId, SessionNotFound,
         OwnerUnreachable, RegistryUnavailable, and what opening a session raises."""
         create = open_if_absent and self.settings.create_on_execute
-        where = await self._placement.locate(owner, session_id, create=create, deadline=deadline)
+        where = await self._placement.locate(owner, session_id, create=create, deadline=deadline,
+                                             remembered=remembered)
         if isinstance(where, Vacant):
             known = self.table.get((owner, session_id))  # a concurrent call opened it
             if known is not None:
@@ -155,6 +156,10 @@ class SessionManager:
     def mark_down(self, url: str) -> None:
         """The replica at ``url`` refused a forwarded call (see Placement.mark_down)."""
         self._placement.mark_down(url)
+
+    def forget_location(self, owner: str, session_id: str) -> None:
+        """The replica a call was forwarded to does not serve the session (any more)."""
+        self._placement.forget(owner, session_id)
 
     async def session_of_kernel(self, owner: str, kernel_id: str) -> str:
         return await self._placement.session_of_kernel(owner, kernel_id)

@@ -5,6 +5,12 @@ A local hit costs no I/O (the execute hot path). Otherwise the registry says who
 session's lease: that replica's URL (``There``), or, when the lease is free or expired, this
 replica claims it and either takes the session over or (``Vacant``) opens it. Waiting for a
 lease to settle has one deadline, carried in ``There`` so a retried forward keeps it.
+
+Where another replica serves a session is remembered for ``lease_ttl_s`` (the forwarded hot
+path then costs no registry call either). A remembered place can only be stale in a way the
+forward notices without running anything — that replica refuses the connection
+(``mark_down``) or answers that it no longer serves the session (``forget``) — and the
+registry is asked again.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,6 +33,7 @@ from gateway.sessions.table import SessionTable
 from gateway.settings import Settings
 
 POLL_S = 0.1
+MAX_REMEMBERED = 100_000  # places of sessions served elsewhere (oldest forgotten first)
 
 
 @dataclass(frozen=True)
@@ -60,18 +68,38 @@ class Placement:
         self._clock = clock
         self._sleep = sleep
         self._down: dict[str, float] = {}  # replica URL → until when it counts as down
+        # (owner, session id) → (URL of the replica serving it, until when to believe that)
+        self._places: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
 
     async def locate(self, owner: str, session_id: str, *, create: bool,
-                     deadline: float | None = None) -> Where:
-        """Where ``session_id`` of ``owner`` is served. Raises InvalidSessionId,
-        SessionNotFound (absent and not ``create``), OwnerUnreachable (its holder stays
-        silent past ``deadline``), RegistryUnavailable."""
+                     deadline: float | None = None, remembered: bool = False) -> Where:
+        """Where ``session_id`` of ``owner`` is served (``remembered``: a place remembered
+        from an earlier call will do, for callers that notice when it is stale). Raises
+        InvalidSessionId, SessionNotFound (absent and not ``create``), OwnerUnreachable (its
+        holder stays silent past ``deadline``), RegistryUnavailable."""
         key = (owner, check_session_id(session_id))
         session = self._table.get(key)
         if session is not None and await self.holds(session):
             await asyncio.shield(session.ready)
             return Here(session)
-        return await self._elsewhere(owner, session_id, create, deadline)
+        now = self._clock()
+        place = self._places.get(key) if remembered else None
+        if place is not None and place[1] > now and self._down.get(place[0], 0.0) < now:
+            return There(place[0], deadline if deadline is not None else self._deadline())
+        where = await self._elsewhere(owner, session_id, create, deadline)
+        if isinstance(where, There):
+            self._places[key] = (where.url, self._clock() + self._settings.lease_ttl_s)
+            self._places.move_to_end(key)
+            if len(self._places) > MAX_REMEMBERED:
+                self._places.popitem(last=False)
+        return where
+
+    def forget(self, owner: str, session_id: str) -> None:
+        """The replica remembered as serving the session said it does not (any more)."""
+        self._places.pop((owner, session_id), None)
+
+    def _deadline(self) -> float:
+        return self._clock() + self._settings.lease_ttl_s + self._settings.kernel_start_timeout_s
 
     async def holds(self, session: Session) -> bool:
         """Whether this replica still serves ``session``: a registry call only when renewals
@@ -87,8 +115,7 @@ class Placement:
                          deadline: float | None) -> Where:
         me, key = self._settings.instance_id, (owner, session_id)
         if deadline is None:
-            deadline = self._clock() + self._settings.lease_ttl_s + \
-                self._settings.kernel_start_timeout_s
+            deadline = self._deadline()
         while True:
             record, holder = await self._registry.lookup(owner, session_id)
             if holder in (None, me):
@@ -118,6 +145,8 @@ class Placement:
         """The replica at ``url`` refused a forwarded call: wait for its leases to expire (or
         for it to come back) instead of forwarding there again at once."""
         self._down[url] = self._clock() + self._settings.lease_renew_s
+        for key in [k for k, (place, _) in self._places.items() if place == url]:
+            del self._places[key]
 
     async def served_elsewhere(self, owner: str) -> builtins.list[SessionRecord]:
         """This key's sessions that other replicas serve (none without a shared registry),
