@@ -194,3 +194,33 @@ async def test_a_session_whose_lease_was_taken_is_lost_and_located_elsewhere(
     where = await placement.locate("a", "s", create=False)
     assert world["handoff"].lost == [session]
     assert isinstance(where, There)
+
+
+async def test_a_remembered_place_saves_the_registry_until_forgotten_or_stale(
+        world: dict[str, Any]) -> None:
+    registry, clock, placement = world["registry"], world["clock"], world["placement"]
+    await registry.put(record("a", "s", "other", "http://other:8888"))
+    await registry.claim([("a", "s")], "other", TTL)
+    assert isinstance(await placement.locate("a", "s", create=False, remembered=True), There)
+    lookup, world["registry"].lookup = registry.lookup, None  # a registry read fails now
+    where = await placement.locate("a", "s", create=False, remembered=True)
+    assert isinstance(where, There) and where.url == "http://other:8888"
+    with pytest.raises(TypeError):  # callers that cannot tell a stale place ask the registry
+        await placement.locate("a", "s", create=False)
+    placement.forget("a", "s")  # "not served here": the registry is asked again
+    with pytest.raises(TypeError):
+        await placement.locate("a", "s", create=False, remembered=True)
+    world["registry"].lookup = lookup
+    await placement.locate("a", "s", create=False, remembered=True)
+    placement.mark_down("http://other:8888")  # refused: every place there is forgotten
+    world["registry"].lookup = None
+    with pytest.raises(TypeError):
+        await placement.locate("a", "s", create=False, remembered=True)
+    world["registry"].lookup = lookup
+    clock.now += 2 * TTL  # (the owner renewed meanwhile)
+    await registry.claim([("a", "s")], "other", TTL)
+    await placement.locate("a", "s", create=False, remembered=True)
+    clock.now += TTL + 0.1  # remembered no longer than a lease
+    world["registry"].lookup = None
+    with pytest.raises(TypeError):
+        await placement.locate("a", "s", create=False, remembered=True)
