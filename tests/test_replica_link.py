@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.replica_link import frames
+from gateway.replica_link import frames, served
 from tests.conftest import Gateway, wait_until
 
 LEASE = {"lease_ttl_s": 2.0, "lease_renew_s": 0.5}
@@ -175,6 +175,21 @@ def test_every_call_on_a_link_is_authenticated_again(lone: Gateway) -> None:
                       [["Authorization", "Bearer forged-token-0123456789"]], b'{"code": "1"}')
     assert forged.head["code"] == 401
     raw.close()
+
+
+def test_quiet_links_cannot_lock_the_replicas_out(lone: Gateway) -> None:
+    """Any key holder may open links; when the room is full, the link quiet longest makes
+    way for the new one."""
+    hoarded = [RawLink(lone, token=lone.token) for _ in range(served.MAX_LINKS)]
+    assert {raw.status for raw in hoarded} == {101}
+    assert metric(lone, "gateway_replica_links") == served.MAX_LINKS
+    newcomer = RawLink(lone, token=lone.token)
+    assert newcomer.status == 101
+    assert hoarded[0].closed_by_peer()
+    answer = newcomer.call(1, "GET", "/healthz", [])
+    assert answer.head["code"] == 200
+    for raw in [*hoarded, newcomer]:
+        raw.close()
 
 
 @pytest.mark.parametrize("junk", [

@@ -176,14 +176,15 @@ class ReplicaLinks:
 
     async def _open(self, base_url: str, headers: dict[str, str]) -> _Link:
         url = urllib.parse.urlsplit(base_url)
+        auth = "".join(f"{name}: {headers[name]}\r\n" for name in _AUTH_HEADERS
+                       if name in headers)
+        link: _Link | None = None
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                _, link = await asyncio.get_running_loop().create_connection(
+                transport, link = await asyncio.get_running_loop().create_connection(
                     _Link, url.hostname or "127.0.0.1", url.port or 80)
-                auth = "".join(f"{name}: {headers[name]}\r\n" for name in _AUTH_HEADERS
-                               if name in headers)
-                assert link.transport is not None
-                link.transport.write(
+                frames.keep_alive(transport.get_extra_info("socket"))
+                transport.write(
                     f"GET {frames.PATH} HTTP/1.1\r\nHost: {url.netloc}\r\n"
                     f"Connection: Upgrade\r\nUpgrade: {frames.PROTOCOL}\r\n{auth}\r\n".encode())
                 await link.upgraded
@@ -192,6 +193,9 @@ class ReplicaLinks:
         except (OSError, TimeoutError) as exc:
             raise errors.OwnerUnreachable(
                 f"the gateway that owns this session cannot be reached: {exc!r}") from exc
+        finally:
+            if link is not None and not link.upgraded.done():
+                link.close()  # (cancelled or timed out mid-upgrade)
         return link
 
     def close(self) -> None:

@@ -8,9 +8,10 @@ as if it had come over HTTP (auth, limits, errors), and its answer goes back as 
 What is saved is the owner's HTTP parsing and socket work per call — most of what a forward
 used to add (see README, Performance).
 
-Bounds: ``MAX_LINKS`` links at once; ``MAX_IN_FLIGHT`` calls per link (more are answered
-``503`` at once); a frame over the request ceiling closes the link; when the peer stops
-reading, the link stops reading too. On ``stop`` each link says ``goaway`` (calls it has not
+Bounds: ``MAX_LINKS`` links at once (a new one closes the link quiet longest); ``MAX_IN_FLIGHT``
+calls per link (more are answered ``503`` at once); a frame over the request ceiling closes
+the link; when the peer stops reading, the link stops reading too; TCP keepalive notices a
+peer that vanished. On ``stop`` each link says ``goaway`` (calls it has not
 seen go elsewhere) and closes once its calls are answered.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +91,7 @@ class ServedLink(asyncio.Protocol):
         self.decoder = frames.Decoder(links.max_frame_bytes)
         self.calls: dict[int, _Exchange] = {}
         self.last_seen = 0
+        self.active_at = time.monotonic()  # when a call last came
         self.going_away = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -99,6 +102,7 @@ class ServedLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.going_away:
             return  # (calls after the goaway: the peer sends them elsewhere)
+        self.active_at = time.monotonic()
         try:
             for frame in self.decoder.feed(data):
                 self._take(frame)
@@ -198,14 +202,29 @@ class ServedLinks:
         self.stopping = False
 
     def room(self) -> bool:
-        return not self.stopping and len(self.served) < MAX_LINKS
+        """Whether a new link may be served: when ``MAX_LINKS`` are open, the one quiet
+        longest is closed for it (links that hold the room without calls cannot lock the
+        replicas out)."""
+        if self.stopping:
+            return False
+        if len(self.served) >= MAX_LINKS:
+            min(self.served, key=lambda link: link.active_at).close()
+        return True
 
     async def adopt(self, stream: iostream.IOStream, peer: str) -> None:
         """Serve the link on ``stream`` (its HTTP upgrade answered and flushed)."""
+        if stream.closed() or stream.socket is None:
+            return  # (the peer left right after its upgrade)
         sock = stream.socket.dup()  # the stream's own socket closes with it
         stream.close()
-        _, link = await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: ServedLink(self, peer), sock)
+        try:
+            frames.keep_alive(sock)
+            _, link = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: ServedLink(self, peer), sock)
+        except OSError as exc:
+            sock.close()
+            log.info("replica link from %s not served: %s", peer, exc)
+            return
         self.served.add(link)
         self.gauge.set(len(self.served))
 
