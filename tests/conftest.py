@@ -231,23 +231,46 @@ LAUNCHERS = [pytest.param("local", id="local"),
              pytest.param("docker", id="docker", marks=pytest.mark.docker)]
 
 
+def left_behind(client: Any, instance: str) -> list[Any]:
+    """The gateway's containers still there (a container being removed may be listed, then
+    be gone when inspected: ask again)."""
+    import docker.errors
+
+    for _ in range(20):
+        try:
+            return containers_of(client, instance)
+        except docker.errors.NotFound:
+            time.sleep(0.25)
+    return containers_of(client, instance)
+
+
+@contextlib.contextmanager
+def launcher_gateway(launcher: str, tmp: Path, client: Any, **settings: Any
+                     ) -> Iterator[Gateway]:
+    """A gateway on ``launcher`` (``client``: the Docker client, for "docker"); afterwards it
+    is stopped, and a Docker gateway must have left no container behind."""
+    if launcher == "docker":
+        settings = {"launcher": "docker", "instance_id": docker_instance_id(), **settings}
+    gateway = start_gateway(tmp, **settings)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+        remove_runtime_dir(gateway)
+    if launcher == "docker":
+        left = left_behind(client, settings["instance_id"])
+        assert not left, f"the gateway left containers behind: {[c.name for c in left]}"
+
+
 @pytest.fixture(scope="module", params=LAUNCHERS)
 def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
        ) -> Iterator[Gateway]:
     """One gateway per launcher shared by a test module: every test using it runs against the
     local launcher, then against Docker (``-m "not docker"`` keeps the quick half)."""
-    settings: dict[str, Any] = {"interrupt_grace_s": 1}
-    client = None
-    if request.param == "docker":
-        client = request.getfixturevalue("docker_client")
-        settings.update(launcher="docker", instance_id=docker_instance_id())
-    gateway = start_gateway(tmp_path_factory.mktemp("gw"), **settings)
-    yield gateway
-    gateway.stop()
-    remove_runtime_dir(gateway)
-    if client is not None:
-        left = containers_of(client, settings["instance_id"])
-        assert not left, f"the gateway left containers behind: {[c.name for c in left]}"
+    client = request.getfixturevalue("docker_client") if request.param == "docker" else None
+    with launcher_gateway(request.param, tmp_path_factory.mktemp("gw"), client,
+                          interrupt_grace_s=1) as gateway:
+        yield gateway
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from tests.conftest import (
     IN_CI,
     Gateway,
     connect_kernel,
-    containers_of,
     docker_instance_id,
+    launcher_gateway,
+    left_behind,
     remove_runtime_dir,
     start_gateway,
     wait_until,
@@ -50,19 +51,6 @@ def require_image() -> Any:
     return client
 
 
-def left_behind(client: Any, instance: str) -> list[Any]:
-    """The gateway's containers still there (a container being removed may be listed, then
-    be gone when inspected: ask again)."""
-    import docker.errors
-
-    for _ in range(20):
-        try:
-            return containers_of(client, instance)
-        except docker.errors.NotFound:
-            time.sleep(0.25)
-    return containers_of(client, instance)
-
-
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("index")
@@ -80,19 +68,12 @@ def package_settings(index: dict[str, Any], **more: Any) -> dict[str, Any]:
 def pgw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
         index: dict[str, Any]) -> Iterator[Gateway]:
     """One gateway per launcher for the module, installing from the test index only."""
-    settings = package_settings(index)
-    client = None
-    if request.param == "docker":
-        client = require_image()
-        settings.update(launcher="docker", instance_id=docker_instance_id("pkg"),
-                        docker_image=IMAGE)
-    gateway = start_gateway(tmp_path_factory.mktemp("gw"), **settings)
-    yield gateway
-    gateway.stop()
-    remove_runtime_dir(gateway)
-    if client is not None:
-        left = left_behind(client, settings["instance_id"])
-        assert not left, f"the gateway left containers behind: {[c.name for c in left]}"
+    docker = request.param == "docker"
+    client = require_image() if docker else None
+    extra = {"instance_id": docker_instance_id("pkg"), "docker_image": IMAGE} if docker else {}
+    with launcher_gateway(request.param, tmp_path_factory.mktemp("gw"), client,
+                          **package_settings(index), **extra) as gateway:
+        yield gateway
 
 
 @pytest.fixture

@@ -166,6 +166,13 @@ class KeySessionLimit(TooManyRequests):
     code = "key_session_limit"
 
 
+class Misdirected(APIError):
+    """421: a replica-to-replica answer (the session is not served there); a client talking
+    to the gateway's public API does not meet it."""
+
+    status, code = 421, "misdirected"
+
+
 class InternalError(APIError):
     status, code = 500, "internal_error"
 
