@@ -27,8 +27,20 @@ def listed(page: Page) -> list[str]:
                         ".map(li => li.dataset.path)"))
 
 
-def row(page: Page, path: str) -> Any:
-    return page.find(f'#file-list .file[data-path="{path}"]')
+def click(page: Page, path: str, button: str) -> None:
+    """Click ``button`` in the row of ``path``; the list may be drawn anew between finding
+    the row and clicking it (a file event refreshes it), then find it again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def clicked() -> bool:
+        try:
+            page.find(f'#file-list .file[data-path="{path}"]').find_element(
+                page.by.CSS_SELECTOR, button).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    poll(clicked, 10, f"a click on {button} of {path}")
 
 
 def test_file_panel_lists_uploads_downloads_and_deletes(
@@ -63,13 +75,13 @@ def test_file_panel_lists_uploads_downloads_and_deletes(
     assert page.find("#files-status").text.startswith("uploaded")
 
     # Download saves the file as the browser's download
-    row(page, "out/made.txt").find_element(page.by.CSS_SELECTOR, ".file-download").click()
+    click(page, "out/made.txt", ".file-download")
     saved = downloads / "made.txt"
     poll(lambda: saved.exists() and saved.read_text() == "made by the kernel", 10,
          "the downloaded file")
 
     # Delete removes it from the workspace and the list
-    row(page, "dropped.bin").find_element(page.by.CSS_SELECTOR, ".file-delete").click()
+    click(page, "dropped.bin", ".file-delete")
     poll(lambda: "dropped.bin" not in listed(page), 10, "the deleted file to go")
     assert gw.http.get(files_url("files-page", "dropped.bin")).status_code == 404
 
