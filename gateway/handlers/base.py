@@ -31,6 +31,8 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 FORWARDED_HEADER = "X-Exec-Gateway-Forwarded-By"  # on calls one replica forwards to another
 RETRY_AFTER_S = 1  # the Retry-After of 429 and 503 answers
 MAX_MISDIRECTED = 20  # replicas answering "not here" in a row before a call gives up
+# gateway_forwarded_calls_total's outcome of a forward that failed, by what it raised
+_OUTCOMES = {errors.OwnerDown: "down", errors.Misdirected: "misdirected"}
 
 _CODES = {
     400: "bad_request",
@@ -132,9 +134,7 @@ class GatewayHandler(web.RequestHandler):
                         return
                     except errors.OwnerDown:
                         manager.mark_down(url)  # then ask the registry again
-                        self.services.metrics.forwarded.labels("down").inc()
                     except errors.Misdirected:
-                        self.services.metrics.forwarded.labels("misdirected").inc()
                         manager.forget_location(self.owner, session_id)
                         misdirected += 1
                         if misdirected > MAX_MISDIRECTED:
@@ -278,12 +278,11 @@ class ApiHandler(GatewayHandler):
             answer = await self.services.replicas.fetch(
                 base_url, self.request.method or "GET", self.request.uri or "/", headers, body,
                 forward_timeout_s(settings))
+            if answer.code == errors.Misdirected.status:
+                raise errors.Misdirected("the replica no longer serves the session")
         except errors.OwnerUnreachable as exc:
-            if type(exc) is errors.OwnerUnreachable:
-                forwarded.labels("unreachable").inc()
+            forwarded.labels(_OUTCOMES.get(type(exc), "unreachable")).inc()
             raise
-        if answer.code == errors.Misdirected.status:
-            raise errors.Misdirected("the replica no longer serves the session")
         forwarded.labels("answered").inc()
         self.set_status(answer.code)
         for name, value in answer.headers.get_all():

@@ -27,6 +27,7 @@ from typing import Any
 from prometheus_client import Gauge
 from tornado import httputil, iostream
 
+from gateway.models import ErrorBody, ErrorDetail
 from gateway.replica_link import frames
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 MAX_LINKS = 64
 MAX_IN_FLIGHT = 256
 RELAYED_HEADERS = ("Content-Type", "Location", "Retry-After")
+LINK_HOST = "replica-link"  # the Host of calls that came without one
+
+
+def _error(status: int, code: str, message: str) -> tuple[dict[str, Any], bytes]:
+    """The head and body of an answer the link gives itself (the handlers' error JSON)."""
+    head = {"code": status, "headers": [("Content-Type", "application/json"),
+                                        ("Retry-After", "1")]}
+    return head, ErrorBody(error=ErrorDetail(code=code, message=message)).model_dump_json(
+        ).encode()
 
 
 @dataclass(frozen=True)
@@ -119,10 +129,7 @@ class ServedLink(asyncio.Protocol):
             raise frames.FrameError("request frame without method and path")
         headers = frames.headers_of(frame.head)
         if len(self.calls) >= MAX_IN_FLIGHT:
-            self._send(frame.call, {"code": 503, "headers": [
-                ("Content-Type", "application/json"), ("Retry-After", "1")]},
-                b'{"error":{"code":"unavailable","message":"too many calls on this replica '
-                b'link"}}')
+            self._send(frame.call, *_error(503, "unavailable", "too many calls on this link"))
             return
         exchange = self.calls[frame.call] = _Exchange(self, frame.call)
         task = asyncio.create_task(self._serve(exchange, method, uri, headers, frame.body))
@@ -133,7 +140,7 @@ class ServedLink(asyncio.Protocol):
                      headers: httputil.HTTPHeaders, body: bytes) -> None:
         """Drive the application as tornado's HTTP1Connection does."""
         headers["Content-Length"] = str(len(body))
-        headers.setdefault("Host", self.links.host)
+        headers.setdefault("Host", LINK_HOST)
         delegate = self.links.app.start_request(self, exchange)
         try:
             started = delegate.headers_received(
@@ -148,7 +155,7 @@ class ServedLink(asyncio.Protocol):
         except Exception:  # a handler's own errors are answered by it; this is a bug
             log.exception("replica link call failed")
             if exchange.call in self.calls:
-                self.answer(exchange, {"code": 500, "headers": []}, b"")
+                self.answer(exchange, *_error(500, "internal_error", "the call failed"))
 
     def answer(self, exchange: _Exchange, head: dict[str, Any], body: bytes) -> None:
         if self.calls.pop(exchange.call, None) is None:
@@ -198,7 +205,6 @@ class ServedLinks:
         self.served: set[ServedLink] = set()
         self.gauge = gauge
         self.app: Any = None  # the tornado Application (set by make_app)
-        self.host = "replica-link"  # the Host of calls that came without one
         self.stopping = False
 
     def room(self) -> bool:
