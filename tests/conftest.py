@@ -200,12 +200,12 @@ def containers_of(client: Any, instance_id: str | None = None) -> list[Any]:
     def listed() -> list[Any]:
         return client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
 
-    for _attempt in range(4):  # a container removed between the list and its inspect: again
+    for _attempt in range(40):  # a container removed between the list and its inspect: again
         try:
             found = listed()
             break
-        except docker.errors.NotFound:
-            continue
+        except docker.errors.NotFound:  # (being removed: the engine may take a moment)
+            time.sleep(0.1)
     else:
         found = listed()
     if instance_id is not None:
@@ -231,19 +231,6 @@ LAUNCHERS = [pytest.param("local", id="local"),
              pytest.param("docker", id="docker", marks=pytest.mark.docker)]
 
 
-def left_behind(client: Any, instance: str) -> list[Any]:
-    """The gateway's containers still there (a container being removed may be listed, then
-    be gone when inspected: ask again)."""
-    import docker.errors
-
-    for _ in range(20):
-        try:
-            return containers_of(client, instance)
-        except docker.errors.NotFound:
-            time.sleep(0.25)
-    return containers_of(client, instance)
-
-
 @contextlib.contextmanager
 def launcher_gateway(launcher: str, tmp: Path, client: Any, **settings: Any
                      ) -> Iterator[Gateway]:
@@ -258,7 +245,7 @@ def launcher_gateway(launcher: str, tmp: Path, client: Any, **settings: Any
         gateway.stop()
         remove_runtime_dir(gateway)
     if launcher == "docker":
-        left = left_behind(client, settings["instance_id"])
+        left = containers_of(client, settings["instance_id"])
         assert not left, f"the gateway left containers behind: {[c.name for c in left]}"
 
 

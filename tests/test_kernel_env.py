@@ -5,13 +5,21 @@ and /healthz lists the kernels' libraries in both launchers."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, ROOT, Gateway, docker_instance_id, wait_until
+from tests.conftest import (
+    IN_CI,
+    ROOT,
+    Gateway,
+    docker_instance_id,
+    wait_until,
+)
 
 KERNEL_PYTHON = ROOT / ".venv-kernel" / "bin" / "python"
 STACK = ("numpy", "pandas", "scipy", "sympy", "matplotlib", "scikit-learn")
@@ -76,3 +84,38 @@ def test_healthz_lists_the_kernel_image_libraries(
         assert listed[name] == want[name], (name, listed)
     out = gw.execute("sci", "import sklearn, pandas; print(sklearn.__version__)")
     assert out["stdout"] == f"{want['scikit-learn']}\n"
+
+
+
+# a listing that takes a while, so the process asking can be killed while it runs
+SLOW_LISTING = """
+import asyncio, sys
+import docker
+from gateway.launchers.docker_exec import libraries
+from gateway.settings import Settings
+settings = Settings(launcher="docker", instance_id=sys.argv[1])
+asyncio.run(libraries(docker.from_env(), settings, "import time; time.sleep(3); print('{}')"))
+"""
+
+
+@pytest.mark.docker
+def test_a_listing_cut_short_leaves_no_container(docker_client: Any) -> None:
+    """The library listing's throwaway container outlives a gateway killed while it runs;
+    the engine removes it once it ends (nothing stays behind, labelled or not)."""
+    instance = docker_instance_id("probe")
+    label = {"label": f"exec-gateway.probe={instance}"}
+    asking = subprocess.Popen([sys.executable, "-c", SLOW_LISTING, instance], cwd=ROOT,
+                              stderr=subprocess.PIPE)
+
+    def running() -> bool:
+        if asking.poll() is not None:
+            raise AssertionError(f"the listing ended early: {asking.communicate()[1]!r}")
+        return bool(docker_client.containers.list(all=True, filters=label))
+
+    try:
+        wait_until(running, 60, 0.05)
+    finally:
+        asking.kill()
+        asking.wait(10)
+    assert docker_client.containers.list(all=True, filters=label)  # (still running)
+    wait_until(lambda: not docker_client.containers.list(all=True, filters=label), 30, 0.2)

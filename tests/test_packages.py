@@ -21,9 +21,9 @@ from tests.conftest import (
     IN_CI,
     Gateway,
     connect_kernel,
+    containers_of,
     docker_instance_id,
     launcher_gateway,
-    left_behind,
     remove_runtime_dir,
     start_gateway,
     wait_until,
@@ -337,7 +337,7 @@ def test_packages_survive_a_gateway_restart_with_redis_and_docker(
             second.stop()
     finally:
         first.stop()
-        for c in left_behind(client, instance):
+        for c in containers_of(client, instance):
             with contextlib.suppress(Exception):  # (removed meanwhile)
                 c.remove(force=True)
         remove_runtime_dir(first)

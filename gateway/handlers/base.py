@@ -102,18 +102,22 @@ class GatewayHandler(web.RequestHandler):
 
     async def serve_or_forward(
         self, session_id: str, serve: Callable[[Session], Awaitable[None]],
-        forward: Callable[[str], Awaitable[None]], *, open_if_absent: bool = False,
+        relay: Callable[[str], Awaitable[None]] | None = None, *, open_if_absent: bool = False,
     ) -> None:
-        """``serve(session)`` if the session is served here, else ``forward(url)`` to the
-        replica that serves it (never twice: a forwarded call is not forwarded again). When
-        that replica is down, the call waits for its lease to expire and is served here (the
-        manager takes the session over), all within one deadline the manager sets; when it
-        no longer serves the session, the registry is asked again."""
+        """``serve(session)`` if the session is served here, else forward the call to the
+        replica that serves it (never twice: a forwarded call is not forwarded again): over
+        the replica link (``ApiHandler.forward``), or by ``relay(url)`` (WebSockets, streamed
+        files). When that replica is down, the call waits for its lease to expire and is
+        served here (the manager takes the session over), all within one deadline the
+        manager sets; when it no longer serves the session, the registry is asked again."""
         manager = self.services.manager
         deadline: float | None = None
         misdirected = 0
-        # a remembered place may be stale: only the link forward can tell (Misdirected)
-        remembered = forward == getattr(self, "forward", None)
+        # a remembered place may be stale: only the link can tell (it answers Misdirected)
+        remembered = relay is None
+        if relay is None:
+            assert isinstance(self, ApiHandler)
+            relay = self.forward
         while True:
             match await manager.locate(self.owner, session_id, open_if_absent=open_if_absent,
                                        deadline=deadline, remembered=remembered):
@@ -130,7 +134,7 @@ class GatewayHandler(web.RequestHandler):
                             raise errors.Misdirected(moved)  # the forwarder asks again
                         raise errors.OwnerUnreachable(moved)
                     try:
-                        await forward(url)
+                        await relay(url)
                         return
                     except errors.OwnerDown:
                         manager.mark_down(url)  # then ask the registry again
@@ -335,8 +339,7 @@ def forwardable(method: SessionMethod) -> Method:
 
     @functools.wraps(method)
     async def wrapper(self: ApiHandler, session_id: str, **kwargs: Any) -> None:
-        await self.serve_or_forward(session_id, lambda s: method(self, s, **kwargs),
-                                    self.forward)
+        await self.serve_or_forward(session_id, lambda s: method(self, s, **kwargs))
 
     return wrapper
 
@@ -347,8 +350,7 @@ def forwardable_kernel(method: SessionMethod) -> Method:
     @functools.wraps(method)
     async def wrapper(self: ApiHandler, kernel_id: str, **kwargs: Any) -> None:
         session_id = await self.services.manager.session_of_kernel(self.owner, kernel_id)
-        await self.serve_or_forward(session_id, lambda s: method(self, s, **kwargs),
-                                    self.forward)
+        await self.serve_or_forward(session_id, lambda s: method(self, s, **kwargs))
 
     return wrapper
 

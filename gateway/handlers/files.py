@@ -161,7 +161,7 @@ class FilesHandler(FilesHandlerBase):
         async def serve(session: Session) -> None:
             self.send(await self.files.listing(session, path, recursive=recursive))
 
-        await self.serve_or_forward(session_id, serve, self.forward)
+        await self.serve_or_forward(session_id, serve)
 
     async def local_sink(self, session: Session) -> Sink:
         content_type = self.request.headers.get("Content-Type", "")
@@ -193,7 +193,7 @@ class FileHandler(FilesHandlerBase):
             await self.files.delete(session, path, recursive=recursive)
             self.no_content()
 
-        await self.serve_or_forward(session_id, serve, self.forward)
+        await self.serve_or_forward(session_id, serve)
 
     async def _download(self, session: Session, path: str) -> None:
         fd, info = await self.files.open_read(session, path)

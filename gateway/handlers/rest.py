@@ -57,7 +57,7 @@ class ExecuteHandler(ApiHandler):
             self.set_header("Location", accepted.status_url)
             self.send(accepted, 202)
 
-        await self.serve_or_forward(session_id, run, self.forward, open_if_absent=True)
+        await self.serve_or_forward(session_id, run, open_if_absent=True)
 
 
 class InterruptHandler(ApiHandler):

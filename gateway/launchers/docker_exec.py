@@ -21,18 +21,34 @@ from gateway.launchers.docker_container import KERNEL_DIR
 from gateway.launchers.docker_events import ENGINE_ERRORS, UNREACHABLE, engine_errors
 from gateway.settings import Settings
 
+PROBE_LABEL = "exec-gateway.probe"  # a throwaway container of ``libraries`` (not a kernel's)
+
 
 async def libraries(client: docker.DockerClient, settings: Settings, script: str
                     ) -> dict[str, str]:
-    """``script`` run by the image's interpreter in a throwaway container (no network,
-    the kernel's uid, removed afterwards)."""
+    """``script`` run by the image's interpreter in a throwaway container (no network, no
+    capabilities, the kernel's uid). The engine removes the container when it exits
+    (``AutoRemove``, as ``docker run --rm``), so a gateway stopped mid-run leaves none behind;
+    its output is read on an attach made before it starts."""
+    api = client.api
 
     def run() -> bytes:
-        out = client.containers.run(
-            settings.docker_image, ["-I", "-c", script],
-            entrypoint="/opt/kernel/bin/python", network_disabled=True, network_mode="none",
-            user=str(settings.docker_kernel_uid), remove=True, stderr=False)
-        return bytes(out)
+        created = api.create_container(
+            settings.docker_image, ["-I", "-c", script], entrypoint="/opt/kernel/bin/python",
+            user=str(settings.docker_kernel_uid), network_disabled=True,
+            labels={PROBE_LABEL: settings.instance_id},
+            host_config=api.create_host_config(
+                auto_remove=True, network_mode="none", cap_drop=["ALL"],
+                security_opt=["no-new-privileges"], pids_limit=64, mem_limit="512m"))
+        try:
+            output = api.attach(created["Id"], stdout=True, stderr=False, stream=True,
+                                logs=True)
+            api.start(created["Id"])
+        except BaseException:
+            with contextlib.suppress(docker.errors.DockerException, *UNREACHABLE):
+                api.remove_container(created["Id"], force=True)
+            raise
+        return b"".join(output)
 
     try:
         return dict(json.loads(await asyncio.to_thread(run)))
