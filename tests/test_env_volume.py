@@ -93,8 +93,9 @@ def test_volumes_of_images_that_are_gone_are_removed(docker_client: Any) -> None
 
 
 def test_an_interrupted_copy_is_thrown_away_and_redone(docker_client: Any) -> None:
-    """A volume left half-filled (no ready marker) is emptied and filled again; a filler
-    container of another gateway makes this one wait instead."""
+    """A volume left half-filled (no ready marker, its copying container left behind) is
+    emptied and filled again; a filler container of another gateway makes this one wait
+    instead."""
     api = docker_client.api
     image_id = docker_client.images.get(DOCKER_IMAGE).id
     name = f"exec-gateway-env-test{secrets.token_hex(3)}"
@@ -106,6 +107,11 @@ def test_an_interrupted_copy_is_thrown_away_and_redone(docker_client: Any) -> No
             network_mode="none", remove=True,
             mounts=[Mount(target="/opt/kernel", source=name, type="volume",
                                     no_copy=True)])
+        # the copying container of a gateway stopped mid-copy (never started) holds it
+        copier = api.create_container(
+            image_id, entrypoint=["/bin/true"], labels=labels, network_disabled=True,
+            host_config=api.create_host_config(network_mode="none", mounts=[
+                Mount(target="/opt/kernel", source=name, type="volume", no_copy=True)]))
         other = api.create_container(image_id, name=f"{name}-fill", entrypoint=["/bin/true"],
                                      labels=labels)
         assert envvolume._fill(api, image_id, name, "/opt/kernel") is False  # it waits
@@ -119,6 +125,7 @@ def test_an_interrupted_copy_is_thrown_away_and_redone(docker_client: Any) -> No
         assert "leftover" not in listing and "base" in listing and listing.endswith("42\n")
         assert docker_client.volumes.get(name + envvolume.READY_SUFFIX)
         assert not docker_client.containers.list(all=True, filters={"name": f"{name}-fill"})
+        assert not docker_client.containers.list(all=True, filters={"id": copier["Id"]})
     finally:
         for volume in (name, name + envvolume.READY_SUFFIX):
             try:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
+    DOCKER_IMAGE,
     IN_CI,
     ROOT,
     Gateway,
@@ -101,16 +102,21 @@ asyncio.run(libraries(docker.from_env(), settings, "import time; time.sleep(3); 
 @pytest.mark.docker
 def test_a_listing_cut_short_leaves_no_container(docker_client: Any) -> None:
     """The library listing's throwaway container outlives a gateway killed while it runs;
-    the engine removes it once it ends (nothing stays behind, labelled or not)."""
+    the engine removes it once it ends; one never started is removed by the next listing."""
     instance = docker_instance_id("probe")
     label = {"label": f"exec-gateway.probe={instance}"}
+    # one its gateway created and never started (stopped in between): the next listing
+    # removes it
+    never_started = docker_client.api.create_container(
+        DOCKER_IMAGE, ["-c", "pass"], entrypoint="/opt/kernel/bin/python",
+        network_disabled=True, labels={"exec-gateway.probe": instance})["Id"]
     asking = subprocess.Popen([sys.executable, "-c", SLOW_LISTING, instance], cwd=ROOT,
                               stderr=subprocess.PIPE)
 
     def running() -> bool:
         if asking.poll() is not None:
             raise AssertionError(f"the listing ended early: {asking.communicate()[1]!r}")
-        return bool(docker_client.containers.list(all=True, filters=label))
+        return bool(docker_client.containers.list(filters={**label, "status": "running"}))
 
     try:
         wait_until(running, 60, 0.05)
@@ -118,4 +124,5 @@ def test_a_listing_cut_short_leaves_no_container(docker_client: Any) -> None:
         asking.kill()
         asking.wait(10)
     assert docker_client.containers.list(all=True, filters=label)  # (still running)
+    assert not docker_client.containers.list(all=True, filters={"id": never_started})
     wait_until(lambda: not docker_client.containers.list(all=True, filters=label), 30, 0.2)

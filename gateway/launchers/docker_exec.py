@@ -29,10 +29,16 @@ async def libraries(client: docker.DockerClient, settings: Settings, script: str
     """``script`` run by the image's interpreter in a throwaway container (no network, no
     capabilities, the kernel's uid). The engine removes the container when it exits
     (``AutoRemove``, as ``docker run --rm``), so a gateway stopped mid-run leaves none behind;
-    its output is read on an attach made before it starts."""
+    its output is read on an attach made before it starts. One created but never started
+    (its gateway stopped in between) is removed by the next listing of that gateway."""
     api = client.api
 
     def run() -> bytes:
+        # one of an earlier process stopped between create and start was never started
+        for stale in api.containers(all=True, filters={
+                "label": f"{PROBE_LABEL}={settings.instance_id}", "status": "created"}):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(stale["Id"], force=True)
         created = api.create_container(
             settings.docker_image, ["-I", "-c", script], entrypoint="/opt/kernel/bin/python",
             user=str(settings.docker_kernel_uid), network_disabled=True,

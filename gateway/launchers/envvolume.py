@@ -158,7 +158,11 @@ def _fill(api: Any, image_id: str, name: str, path: str) -> bool:
             return False
         raise
     try:
-        # a half-filled volume from an interrupted copy: start again from an empty one
+        # a half-filled volume from an interrupted copy: start again from an empty one (the
+        # copying container of a gateway stopped mid-copy holds it: never started, removed)
+        for copier in api.containers(all=True, filters={"volume": name, "status": "created"}):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(copier["Id"], force=True)
         with contextlib.suppress(docker.errors.NotFound):
             api.remove_volume(name, force=True)
         api.create_volume(name, labels=labels)
