@@ -16,6 +16,7 @@ from tornado import netutil
 from gateway import __version__
 from gateway.app import build_services, make_app
 from gateway.auth import KeysFileError
+from gateway.replica_link.front import Front
 from gateway.server import connection_limit, make_server
 from gateway.settings import Settings, describe_error
 
@@ -39,7 +40,7 @@ def raise_fd_limit(most: int = 65536) -> int:
 async def serve(settings: Settings, max_connections: int) -> None:
     services = build_services(settings)
     await services.manager.start()
-    server = make_server(make_app(services), settings, max_connections)
+    server = make_server(Front(make_app(services), services), settings, max_connections)
     sockets = netutil.bind_sockets(
         settings.port, settings.host
     )

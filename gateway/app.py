@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from tornado import web
-from tornado.log import access_log
 
+from gateway.access import log_access
 from gateway.auth import Auth
 from gateway.handlers import files, jupyter, link, meta, packages, rest, runs, ws
 from gateway.handlers.base import NotFoundHandler, Services
@@ -98,7 +98,5 @@ def make_app(services: Services) -> web.Application:
 
 def log_request(handler: web.RequestHandler) -> None:
     """Access log without the query string: browsers and Jupyter clients put tokens there."""
-    status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING
-    access_log.log(level, "%d %s %s %.2fms", status, handler.request.method,
-                   handler.request.path, 1000.0 * handler.request.request_time())
+    log_access(handler.get_status(), handler.request.method, handler.request.path,
+               handler.request.request_time())

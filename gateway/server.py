@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
-from tornado import httpserver, httputil, ioloop, iostream, web
+from tornado import httpserver, httputil, ioloop, iostream
 from tornado.http1connection import HTTP1ServerConnection
 
 from gateway.settings import Settings
@@ -188,7 +188,8 @@ class _Busy(httputil.HTTPMessageDelegate):
         self._delegate.on_connection_close()
 
 
-def make_server(app: web.Application, settings: Settings, max_connections: int) -> HTTPServer:
+def make_server(app: httputil.HTTPServerConnectionDelegate, settings: Settings,
+                max_connections: int) -> HTTPServer:
     # the body limit is enforced per handler (JSON 413); this is the hard ceiling
     return HTTPServer(app, xheaders=False, max_body_size=4 * settings.max_request_bytes,
                       idle_connection_timeout=settings.header_timeout_s,

@@ -11,7 +11,7 @@ from http.client import responses
 from typing import Any, TypeVar
 
 import pydantic
-from tornado import web
+from tornado import httputil, web
 
 from gateway import errors
 from gateway.auth import Auth
@@ -272,10 +272,7 @@ class ApiHandler(GatewayHandler):
         relay its answer. Raises OwnerDown or Misdirected when it did not take the call,
         OwnerUnreachable when it may have run it."""
         settings = self.services.settings
-        headers = {FORWARDED_HEADER: settings.instance_id, "Content-Type": "application/json"}
-        for name in ("Authorization", "X-API-Key"):
-            if name in self.request.headers:
-                headers[name] = self.request.headers[name]
+        headers = forwarded_headers(settings, self.request.headers)
         body = b"".join(self._chunks) if self.request.method == "POST" else b""
         forwarded = self.services.metrics.forwarded
         try:
@@ -322,6 +319,16 @@ def _refusal_first(method: Method) -> Method:
         await method(self, *args, **kwargs)
 
     return wrapper
+
+
+def forwarded_headers(settings: Settings, request: httputil.HTTPHeaders) -> dict[str, str]:
+    """The headers of a call forwarded over the replica link: the client's key (the owner
+    authenticates it again) and who forwarded it (never forwarded twice)."""
+    headers = {FORWARDED_HEADER: settings.instance_id, "Content-Type": "application/json"}
+    for name in ("Authorization", "X-API-Key"):
+        if name in request:
+            headers[name] = request[name]
+    return headers
 
 
 def forward_timeout_s(settings: Settings) -> float:

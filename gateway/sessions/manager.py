@@ -153,6 +153,10 @@ class SessionManager:
             return Here(await self._lifecycle.open(owner, session_id, None, None))
         return where
 
+    def remembered_place(self, owner: str, session_id: str) -> str | None:
+        """Where another replica is remembered to serve the session (see Placement)."""
+        return self._placement.remembered(owner, session_id)
+
     def mark_down(self, url: str) -> None:
         """The replica at ``url`` refused a forwarded call (see Placement.mark_down)."""
         self._placement.mark_down(url)

@@ -94,6 +94,17 @@ class Placement:
                 self._places.popitem(last=False)
         return where
 
+    def remembered(self, owner: str, session_id: str) -> str | None:
+        """The URL of the replica remembered as serving the session (not here, not down),
+        without waiting for anything; None when there is none to trust."""
+        key = (owner, session_id)
+        place = self._places.get(key)
+        now = self._clock()
+        if place is None or place[1] <= now or self._down.get(place[0], 0.0) >= now \
+                or key in self._table:
+            return None
+        return place[0]
+
     def forget(self, owner: str, session_id: str) -> None:
         """The replica remembered as serving the session said it does not (any more)."""
         self._places.pop((owner, session_id), None)
