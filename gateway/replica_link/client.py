@@ -39,10 +39,18 @@ class Answer:
     body: bytes
 
 
-def _late(answered: asyncio.Future[frames.Frame]) -> None:
+def _late(answered: asyncio.Future[Answer]) -> None:
     if not answered.done():
         answered.set_exception(errors.OwnerUnreachable(
             "the gateway that owns this session did not answer in time"))
+
+
+def _answer_of(frame: frames.Frame) -> Answer:
+    """An answer frame as an Answer; raises FrameError when it has no status."""
+    code = frame.head.get("code")
+    if not isinstance(code, int) or not 100 <= code <= 599:
+        raise frames.FrameError("an answer without a status")
+    return Answer(code, frames.headers_of(frame.head), frame.body)
 
 
 class _Link(asyncio.Protocol):
@@ -50,7 +58,7 @@ class _Link(asyncio.Protocol):
         self.upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.decoder = frames.Decoder(MAX_ANSWER_BYTES)
-        self.pending: dict[int, asyncio.Future[frames.Frame]] = {}
+        self.pending: dict[int, asyncio.Future[Answer]] = {}
         self.numbers = itertools.count(1)
         self.usable = True  # no goaway, not closed
         self._upgrade_answer = bytearray()
@@ -68,7 +76,12 @@ class _Link(asyncio.Protocol):
                     self._goaway(frame.head.get("goaway"))
                 elif (waiting := self.pending.pop(frame.call, None)) is not None \
                         and not waiting.done():
-                    waiting.set_result(frame)
+                    try:
+                        waiting.set_result(_answer_of(frame))
+                    except frames.FrameError as exc:
+                        waiting.set_exception(errors.OwnerUnreachable(
+                            f"the replica link broke: {exc}"))
+                        raise
         except frames.FrameError as exc:
             self._fail(errors.OwnerUnreachable(f"the replica link broke: {exc}"))
 
@@ -116,9 +129,10 @@ class _Link(asyncio.Protocol):
         self._fail(errors.OwnerUnreachable(
             f"the link to the owning replica was lost during the call ({exc or 'closed'})"))
 
-    async def call(self, method: str, uri: str, headers: list[tuple[str, str]], body: bytes,
-                   deadline: float) -> Answer:
-        """One call on this link, answered by ``deadline`` (the loop's clock)."""
+    def send(self, method: str, uri: str, headers: list[tuple[str, str]], body: bytes,
+             deadline: float) -> asyncio.Future[Answer]:
+        """One call sent on this link now; its answer (or failure) by ``deadline`` (the
+        loop's clock)."""
         if not self.usable or self.transport is None or self.transport.is_closing():
             raise errors.Misdirected("the replica link closed before the call was sent")
         loop = asyncio.get_running_loop()
@@ -127,16 +141,13 @@ class _Link(asyncio.Protocol):
         self.transport.write(frames.encode(
             number, {"method": method, "uri": uri, "headers": headers}, body))
         late = loop.call_at(deadline, _late, answered)
-        try:
-            frame = await answered
-        finally:
+
+        def settled(_: asyncio.Future[Answer]) -> None:
             late.cancel()
             self.pending.pop(number, None)
-        code = frame.head.get("code")
-        if not isinstance(code, int) or not 100 <= code <= 599:
-            self._fail(errors.OwnerUnreachable("the replica link answered without a status"))
-            raise errors.OwnerUnreachable("the replica link answered without a status")
-        return Answer(code, frames.headers_of(frame.head), frame.body)
+
+        answered.add_done_callback(settled)
+        return answered
 
     def close(self) -> None:
         if self.transport is not None:
@@ -147,23 +158,33 @@ class ReplicaLinks:
     def __init__(self) -> None:
         self._links: dict[str, asyncio.Future[_Link]] = {}
 
+    def send(self, base_url: str, method: str, uri: str, headers: dict[str, str],
+             body: bytes, timeout_s: float) -> asyncio.Future[Answer] | None:
+        """The call sent at once on the open link to ``base_url``; None when that link is not
+        open (``fetch`` opens it). The answer fails as ``fetch`` says."""
+        opening = self._links.get(base_url)
+        if opening is None or not opening.done() or opening.cancelled() \
+                or opening.exception() is not None or not opening.result().usable:
+            return None
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        return opening.result().send(method, uri, list(headers.items()), body, deadline)
+
     async def fetch(self, base_url: str, method: str, uri: str, headers: dict[str, str],
                     body: bytes, timeout_s: float) -> Answer:
         """Send one call to the replica at ``base_url`` and wait for its whole answer, within
         ``timeout_s``. Raises OwnerDown, Misdirected, OwnerUnreachable (see the module)."""
+        answered = self.send(base_url, method, uri, headers, body, timeout_s)
+        if answered is not None:
+            return await answered
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        opening = self._links.get(base_url)
-        if opening is None or not opening.done() or opening.exception() is not None \
-                or not opening.result().usable:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._link(base_url, headers)
-            except TimeoutError:
-                raise errors.OwnerUnreachable(
-                    "the gateway that owns this session could not be reached in time") from None
-            opening = self._links[base_url]
-        return await opening.result().call(method, uri, list(headers.items()), body, deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                link = await self._link(base_url, headers)
+        except TimeoutError:
+            raise errors.OwnerUnreachable(
+                "the gateway that owns this session could not be reached in time") from None
+        return await link.send(method, uri, list(headers.items()), body, deadline)
 
     async def _link(self, base_url: str, headers: dict[str, str]) -> _Link:
         opening = self._links.get(base_url)

@@ -20,11 +20,13 @@ the client is told ``503 owner_unreachable`` (never replayed).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
 from collections.abc import Awaitable, Iterable
 from http.client import responses
+from typing import Any
 
 from tornado import httputil, web
 
@@ -38,6 +40,7 @@ from gateway.handlers.base import (
     forwarded_headers,
 )
 from gateway.models import SESSION_ID_RE, ErrorBody, ErrorDetail
+from gateway.replica_link.client import Answer
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +49,19 @@ _DEFAULT_HEADERS = (("Content-Type", "application/json"), ("Cache-Control", "no-
                     ("X-Content-Type-Options", "nosniff"))
 
 
+@functools.lru_cache(maxsize=1)
+def _date(second: int) -> str:
+    """The Date header for ``second`` (made once a second, not once a call)."""
+    return httputil.format_timestamp(second)
+
+
 class Front(httputil.HTTPServerConnectionDelegate):
     """The HTTP server's delegate: the application, with the forwarding hot path before it."""
 
     def __init__(self, app: web.Application, services: Services) -> None:
         self.app = app
         self.services = services
-        self.calls: set[asyncio.Task[None]] = set()  # forwarded calls waiting for answers
+        self.calls: set[asyncio.Future[Any]] = set()  # tasks of calls not answered yet
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection
                       ) -> httputil.HTTPMessageDelegate:
@@ -96,9 +105,7 @@ class _Call(httputil.HTTPMessageDelegate):
         if self.app_delegate is not None:
             self.app_delegate.finish()
         else:
-            task = asyncio.ensure_future(self._forward())
-            self.front.calls.add(task)
-            task.add_done_callback(self.front.calls.discard)
+            self._send()
 
     def on_connection_close(self) -> None:
         self.closed = True
@@ -131,43 +138,56 @@ class _Call(httputil.HTTPMessageDelegate):
         self.place, self.owner, self.session_id = place, owner, match.group(1)
         return True
 
-    async def _forward(self) -> None:
-        try:
-            await self._send()
-        except Exception:  # a bug: answered (as the handlers would), never left hanging
-            log.exception("forwarding %s failed", self.start_line)
-            body = ErrorBody(error=ErrorDetail(code="internal_error", message="internal error"))
-            self._answer(500, [], body.model_dump_json().encode())
-
-    async def _send(self) -> None:
+    def _send(self) -> None:
+        """The call onto the link at once (when it is open; else once it is), answered by
+        ``_answered``."""
         assert self.start_line is not None
         services, settings = self.front.services, self.front.services.settings
-        headers = forwarded_headers(settings, self.headers)
+        call = (self.place, "POST", self.start_line.path, forwarded_headers(settings, self.headers),
+                b"".join(self.chunks), forward_timeout_s(settings))
+        answered: asyncio.Future[Answer] | None
+        try:
+            answered = services.replicas.send(*call)
+        except errors.Misdirected as exc:  # (the link is closing)
+            answered = asyncio.get_running_loop().create_future()
+            answered.set_exception(exc)
+        if answered is None:
+            answered = asyncio.ensure_future(services.replicas.fetch(*call))
+            self._track(answered)
+        answered.add_done_callback(self._answered)
+
+    def _answered(self, answered: asyncio.Future[Answer]) -> None:
+        services = self.front.services
         forwarded = services.metrics.forwarded
         try:
-            answer = await services.replicas.fetch(
-                self.place, "POST", self.start_line.path, headers, b"".join(self.chunks),
-                forward_timeout_s(settings))
+            answer = answered.result()
             if answer.code == errors.Misdirected.status:
                 raise errors.Misdirected("the replica no longer serves the session")
         except errors.Misdirected:
             forwarded.labels("misdirected").inc()
             services.manager.forget_location(self.owner, self.session_id)
-            await self._replay()
-            return
+            self._track(asyncio.ensure_future(self._replay()))
         except errors.OwnerDown:
             forwarded.labels("down").inc()
             services.manager.mark_down(self.place)
-            await self._replay()
-            return
+            self._track(asyncio.ensure_future(self._replay()))
         except errors.OwnerUnreachable as exc:
             forwarded.labels("unreachable").inc()
             body = ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message))
             self._answer(exc.status, [("Retry-After", str(RETRY_AFTER_S))],
                          body.model_dump_json().encode())
-            return
-        forwarded.labels("answered").inc()
-        self._answer(answer.code, answer.headers.get_all(), answer.body)
+        except Exception:  # a bug: answered (as the handlers would), never left hanging
+            log.exception("forwarding %s failed", self.start_line)
+            body = ErrorBody(error=ErrorDetail(code="internal_error", message="internal error"))
+            self._answer(500, [], body.model_dump_json().encode())
+        else:
+            forwarded.labels("answered").inc()
+            self._answer(answer.code, answer.headers.get_all(), answer.body)
+
+    def _track(self, task: asyncio.Future[Any]) -> None:
+        """Keep a task of this call's alive until it is done."""
+        self.front.calls.add(task)
+        task.add_done_callback(self.front.calls.discard)
 
     def _answer(self, code: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
         if self.closed or self.request_conn is None:
@@ -177,7 +197,7 @@ class _Call(httputil.HTTPMessageDelegate):
             out[name] = value
         for name, value in headers:
             out[name] = value
-        out["Date"] = httputil.format_timestamp(time.time())
+        out["Date"] = _date(int(time.time()))
         if code == 204:
             del out["Content-Type"]
             body = b""
