@@ -3,7 +3,7 @@
 A real ``redis-server`` (loopback, no persistence, its own directory) and two gateways A and
 B (local launcher, pool off, same token, distinct instance ids, one key prefix). Every session
 is created on A; the *direct* targets talk to A, the *forwarded* ones to B, which forwards each
-REST call over HTTP (and relays each ``/v1`` WebSocket frame) to A. Whether B really forwarded
+REST call on its replica link to A (and relays each ``/v1`` WebSocket frame). Whether B really forwarded
 is checked from both gateways' ``gateway_executes_total``: B must have executed nothing.
 """
 
