@@ -3,8 +3,9 @@
 A real ``redis-server`` (loopback, no persistence, its own directory) and two gateways A and
 B (local launcher, pool off, same token, distinct instance ids, one key prefix). Every session
 is created on A; the *direct* targets talk to A, the *forwarded* ones to B, which forwards each
-REST call on its replica link to A (and relays each ``/v1`` WebSocket frame). Whether B really forwarded
-is checked from both gateways' ``gateway_executes_total``: B must have executed nothing.
+REST call on its replica link to A (and relays each ``/v1`` WebSocket frame). Whether B really
+forwarded is checked from both gateways' ``gateway_executes_total``: B must have executed
+nothing.
 """
 
 from __future__ import annotations
