@@ -30,6 +30,9 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 FORWARDED_HEADER = "X-Exec-Gateway-Forwarded-By"  # on calls one replica forwards to another
 RETRY_AFTER_S = 1  # the Retry-After of 429 and 503 answers
+# on every JSON answer (the replica link's hot path sends them too)
+DEFAULT_HEADERS = (("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+                   ("X-Content-Type-Options", "nosniff"))
 MAX_MISDIRECTED = 20  # replicas answering "not here" in a row before a call gives up
 # gateway_forwarded_calls_total's outcome of a forward that failed, by what it raised
 _OUTCOMES = {errors.OwnerDown: "down", errors.Misdirected: "misdirected"}
@@ -88,9 +91,8 @@ class GatewayHandler(web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
+        for name, value in DEFAULT_HEADERS:
+            self.set_header(name, value)
 
     def authenticate(self) -> None:
         if self.auth_required:

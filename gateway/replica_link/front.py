@@ -33,6 +33,7 @@ from tornado import httputil, web
 from gateway import errors
 from gateway.access import log_access
 from gateway.handlers.base import (
+    DEFAULT_HEADERS,
     FORWARDED_HEADER,
     RETRY_AFTER_S,
     Services,
@@ -45,8 +46,6 @@ from gateway.replica_link.client import Answer
 log = logging.getLogger(__name__)
 
 _EXECUTE = re.compile(r"/v1/sessions/([^/]+)/execute")
-_DEFAULT_HEADERS = (("Content-Type", "application/json"), ("Cache-Control", "no-store"),
-                    ("X-Content-Type-Options", "nosniff"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -193,7 +192,7 @@ class _Call(httputil.HTTPMessageDelegate):
         if self.closed or self.request_conn is None:
             return
         out = httputil.HTTPHeaders()
-        for name, value in _DEFAULT_HEADERS:
+        for name, value in DEFAULT_HEADERS:
             out[name] = value
         for name, value in headers:
             out[name] = value
