@@ -40,7 +40,8 @@ def raise_fd_limit(most: int = 65536) -> int:
 async def serve(settings: Settings, max_connections: int) -> None:
     services = build_services(settings)
     await services.manager.start()
-    server = make_server(Front(make_app(services), services), settings, max_connections)
+    front = Front(make_app(services), services)
+    server = front.server = make_server(front, settings, max_connections)
     sockets = netutil.bind_sockets(
         settings.port, settings.host
     )

@@ -10,7 +10,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from tornado import httpserver, httputil, ioloop, iostream
 from tornado.http1connection import HTTP1ServerConnection
@@ -23,6 +23,13 @@ FD_RESERVE = 128  # descriptors kept for all but connections and kernels (engine
 FD_PER_SESSION = 32  # a kernel's sockets as the gateway holds them (~14 measured) and margin
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _NOTE_EVERY_S = 10.0  # connection-limit warnings: at most one per this
+
+
+class Connection(Protocol):
+    """A client connection as the server counts it: a tornado stream, or one served off
+    tornado's HTTP machinery (a forwarding lane)."""
+
+    def close(self) -> None: ...
 
 
 def connection_limit(settings: Settings, fd_limit: int) -> int:
@@ -53,9 +60,9 @@ class HTTPServer(httpserver.HTTPServer):
         self.max_connections = max_connections
         self._keepalive_params = copy.copy(self.conn_params)
         self._keepalive_params.header_timeout = keepalive_timeout_s
-        self._open: set[iostream.IOStream] = set()
+        self._open: set[Connection] = set()
         # connections waiting for a request, the longest waiting first
-        self._idle: OrderedDict[iostream.IOStream, None] = OrderedDict()
+        self._idle: OrderedDict[Connection, None] = OrderedDict()
         self._noted = {"replaced": 0, "refused": 0, "out of descriptors": 0}
         self._noted_at = 0.0
 
@@ -87,6 +94,30 @@ class HTTPServer(httpserver.HTTPServer):
         self._open.discard(stream)
         self._idle.pop(stream, None)
         super().on_close(server_conn)
+
+    # a connection that left tornado's HTTP machinery (a lane) still counts towards the cap
+    def adopt(self, conn: Connection) -> None:
+        self._open.add(conn)
+
+    def idle(self, conn: Connection, waiting: bool) -> None:
+        """Whether ``conn`` is waiting for a request (idle connections are closed first)."""
+        if waiting:
+            self._idle[conn] = None
+        else:
+            self._idle.pop(conn, None)
+
+    def release(self, conn: Connection) -> None:
+        self._open.discard(conn)
+        self._idle.pop(conn, None)
+
+    def serve_socket(self, sock: socket.socket) -> None:
+        """Serve a connected socket (a lane's, given back) from its next unread byte on."""
+        try:
+            address = sock.getpeername()
+        except OSError:  # (the client has gone)
+            sock.close()
+            return
+        self.handle_stream(iostream.IOStream(sock), address)
 
     def _close_idle(self) -> bool:
         """Close the connection idle longest; False when every connection is busy."""
@@ -170,7 +201,7 @@ class _Busy(httputil.HTTPMessageDelegate):
     """Passes a request through; once its headers are in, its connection is no longer idle."""
 
     def __init__(self, delegate: httputil.HTTPMessageDelegate,
-                 idle: OrderedDict[iostream.IOStream, None], stream: iostream.IOStream) -> None:
+                 idle: OrderedDict[Connection, None], stream: iostream.IOStream) -> None:
         self._delegate, self._idle, self._stream = delegate, idle, stream
 
     def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,

@@ -1,113 +1,21 @@
-"""The forwarding hot path (gateway/replica_link/front.py): a Front in this process, on a real
-tornado HTTP server, in front of real owner gateways (Redis registry, local kernels) reached
-over the real replica link. Its application is a recorder, so every test sees whether a
-request went the hot path (straight to the owner) or to the application; its session manager
-is a stand-in that says where a session is remembered and records what it is told."""
+"""The forwarding hot path (gateway/replica_link/front.py): a Front in this process (see
+tests/front_server.py), in front of real owner gateways (Redis registry, local kernels)
+reached over the real replica link."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import secrets
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
-from tornado import httpserver, netutil, web
 
-from gateway.auth import DEFAULT_KEY, Auth
-from gateway.handlers.base import Services
-from gateway.metrics import Metrics
-from gateway.replica_link.client import ReplicaLinks
-from gateway.replica_link.front import Front
-from gateway.settings import Settings
 from tests.conftest import Gateway, free_port
-
-TOKEN = secrets.token_urlsafe(24)
-LEASE = {"lease_ttl_s": 2.0, "lease_renew_s": 0.5}
-
-
-@dataclass
-class Manager:
-    """The session manager as Front uses it: where sessions are remembered, and what it is
-    told about them."""
-
-    places: dict[str, str] = field(default_factory=dict)
-    forgotten: list[tuple[str, str]] = field(default_factory=list)
-    down: list[str] = field(default_factory=list)
-
-    def remembered_place(self, owner: str, session_id: str) -> str | None:
-        return self.places.get(session_id)
-
-    def forget_location(self, owner: str, session_id: str) -> None:
-        self.forgotten.append((owner, session_id))
-
-    def mark_down(self, url: str) -> None:
-        self.down.append(url)
-
-
-class Recorder(web.RequestHandler):
-    """The application: records what reached it (the body too) and says it was here."""
-
-    def initialize(self, seen: list[tuple[str, str, bytes]]) -> None:
-        self.seen = seen
-
-    def prepare(self) -> None:
-        self.seen.append((self.request.method or "", self.request.uri or "", self.request.body))
-        self.finish({"app": True})
-
-
-class FrontServer:
-    """Front + Recorder on a loopback port, served by a loop in a thread of its own."""
-
-    def __init__(self) -> None:
-        self.manager = Manager()
-        self.seen: list[tuple[str, str, bytes]] = []
-        self.metrics = Metrics()
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.port = 0
-        self.thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
-        self.thread.start()
-        ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def _serve(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def start() -> None:
-            app = web.Application([(r".*", Recorder, {"seen": self.seen})])
-            services = SimpleNamespace(
-                settings=Settings(instance_id="front", lease_ttl_s=2.0, lease_renew_s=0.5),
-                auth=Auth({DEFAULT_KEY: TOKEN}), manager=self.manager, metrics=self.metrics,
-                replicas=ReplicaLinks())
-            self.server = httpserver.HTTPServer(Front(app, cast(Services, services)))
-            sockets = netutil.bind_sockets(0, "127.0.0.1")
-            self.server.add_sockets(sockets)
-            self.port = sockets[0].getsockname()[1]
-
-        self.loop.run_until_complete(start())
-        ready.set()
-        self.loop.run_forever()
-
-    def post(self, path: str, body: Any, **headers: str) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {TOKEN}", **headers}
-        return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=30)
-
-    def forwarded(self, outcome: str) -> float:
-        return self.metrics.registry.get_sample_value(
-            "gateway_forwarded_calls_total", {"outcome": outcome}) or 0.0
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.stop)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+from tests.front_server import DEFAULT_KEY, TOKEN, FrontServer, owner_pair
 
 
 @pytest.fixture
@@ -119,11 +27,7 @@ def front() -> Iterator[FrontServer]:
 
 @pytest.fixture
 def owners(gateway_factory: Any, redis_url: str) -> tuple[Gateway, Gateway]:
-    """Two replicas sharing Redis and the front's token."""
-    common = {"registry_url": redis_url, "redis_key_prefix": f"frt-{secrets.token_hex(3)}:",
-              "token": TOKEN, "pool_size": 0, **LEASE}
-    return (gateway_factory(instance_id="frt-a", **common),
-            gateway_factory(instance_id="frt-c", **common))
+    return owner_pair(gateway_factory, redis_url)
 
 
 def test_a_remembered_call_goes_straight_to_its_owner(

@@ -35,7 +35,14 @@ DEFAULT_HEADERS = (("Content-Type", "application/json"), ("Cache-Control", "no-s
                    ("X-Content-Type-Options", "nosniff"))
 MAX_MISDIRECTED = 20  # replicas answering "not here" in a row before a call gives up
 # gateway_forwarded_calls_total's outcome of a forward that failed, by what it raised
-_OUTCOMES = {errors.OwnerDown: "down", errors.Misdirected: "misdirected"}
+_OUTCOMES: dict[type[BaseException], str] = {errors.OwnerDown: "down",
+                                             errors.Misdirected: "misdirected"}
+
+
+def forward_outcome(failure: BaseException | None) -> str:
+    """gateway_forwarded_calls_total's outcome label of a forward that raised ``failure``
+    (None: answered)."""
+    return "answered" if failure is None else _OUTCOMES.get(type(failure), "unreachable")
 
 _CODES = {
     400: "bad_request",
@@ -281,12 +288,10 @@ class ApiHandler(GatewayHandler):
             answer = await self.services.replicas.fetch(
                 base_url, self.request.method or "GET", self.request.uri or "/", headers, body,
                 forward_timeout_s(settings))
-            if answer.code == errors.Misdirected.status:
-                raise errors.Misdirected("the replica no longer serves the session")
         except errors.OwnerUnreachable as exc:
-            forwarded.labels(_OUTCOMES.get(type(exc), "unreachable")).inc()
+            forwarded.labels(forward_outcome(exc)).inc()
             raise
-        forwarded.labels("answered").inc()
+        forwarded.labels(forward_outcome(None)).inc()
         self.set_status(answer.code)
         for name, value in answer.headers.get_all():
             self.set_header(name, value)

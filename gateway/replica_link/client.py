@@ -8,8 +8,8 @@ What a failure means for the call decides what the forwarder may do next:
 
 - ``OwnerDown``: the replica refused the connection or the link: it never saw the call, so
   the call may go elsewhere once the registry says where;
-- ``Misdirected``: the replica said ``goaway`` before it took the call (or answered that the
-  session is no longer served there): ask the registry again, nothing ran;
+- ``Misdirected``: the replica said ``goaway`` before it took the call, or answered ``421``
+  (the session is no longer served there): ask the registry again, nothing ran;
 - ``OwnerUnreachable``: the link broke or the deadline passed with the call sent: it may
   have run there, so it is never replayed and the client hears what happened.
 """
@@ -77,11 +77,16 @@ class _Link(asyncio.Protocol):
                 elif (waiting := self.pending.pop(frame.call, None)) is not None \
                         and not waiting.done():
                     try:
-                        waiting.set_result(_answer_of(frame))
+                        answer = _answer_of(frame)
                     except frames.FrameError as exc:
                         waiting.set_exception(errors.OwnerUnreachable(
                             f"the replica link broke: {exc}"))
                         raise
+                    if answer.code == errors.Misdirected.status:
+                        waiting.set_exception(errors.Misdirected(
+                            "the replica no longer serves the session"))
+                    else:
+                        waiting.set_result(answer)
         except frames.FrameError as exc:
             self._fail(errors.OwnerUnreachable(f"the replica link broke: {exc}"))
 

@@ -15,52 +15,91 @@ registry is asked by the handler, which then remembers it). When the owner did n
 call (it refused the link, is stopping, or no longer serves the session), the request is given
 to the application as if it had just arrived (nothing ran); when the call may have run there,
 the client is told ``503 owner_unreachable`` (never replayed).
+
+A keep-alive connection whose call went this way then leaves tornado for a ``Lane`` (see
+``lane.py``): its next forwarded calls skip tornado's HTTP machinery too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
 from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from http.client import responses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tornado import httputil, web
+from tornado.http1connection import HTTP1Connection
 
 from gateway import errors
 from gateway.access import log_access
 from gateway.handlers.base import (
-    DEFAULT_HEADERS,
     FORWARDED_HEADER,
     RETRY_AFTER_S,
     Services,
+    forward_outcome,
     forward_timeout_s,
     forwarded_headers,
 )
-from gateway.models import SESSION_ID_RE, ErrorBody, ErrorDetail
+from gateway.models import SESSION_ID_RE
+from gateway.replica_link import replies
 from gateway.replica_link.client import Answer
+from gateway.replica_link.lane import Lane, lane_able
+
+if TYPE_CHECKING:
+    from gateway.server import HTTPServer
 
 log = logging.getLogger(__name__)
 
 _EXECUTE = re.compile(r"/v1/sessions/([^/]+)/execute")
 
 
-@functools.lru_cache(maxsize=1)
-def _date(second: int) -> str:
-    """The Date header for ``second`` (made once a second, not once a call)."""
-    return httputil.format_timestamp(second)
+@dataclass(frozen=True)
+class Hot:
+    """A request the hot path takes: the replica it goes to, and whose session it is."""
+
+    place: str
+    owner: str
+    session_id: str
+
+
+def hot_call(services: Services, start_line: httputil.RequestStartLine,
+             headers: httputil.HTTPHeaders) -> Hot | None:
+    """Where this request is forwarded on the hot path; None when it goes to the application
+    (see the module)."""
+    if start_line.method != "POST" or "Origin" in headers \
+            or "Transfer-Encoding" in headers or "Expect" in headers:
+        return None
+    match = _EXECUTE.fullmatch(start_line.path)
+    length = headers.get("Content-Length", "")
+    if match is None or not SESSION_ID_RE.match(match.group(1)) or not length.isdigit() \
+            or int(length) > services.settings.max_request_bytes:
+        return None
+    if FORWARDED_HEADER in headers:
+        return None
+    try:
+        owner = services.auth.authenticate(headers.get("Authorization"), None,
+                                           headers.get("X-API-Key"))
+    except errors.Unauthorized:
+        return None
+    place = services.manager.remembered_place(owner, match.group(1))
+    return None if place is None else Hot(place, owner, match.group(1))
 
 
 class Front(httputil.HTTPServerConnectionDelegate):
-    """The HTTP server's delegate: the application, with the forwarding hot path before it."""
+    """The HTTP server's delegate: the application, with the forwarding hot path before it.
+    Given the ``server`` it serves for, its keep-alive connections may become lanes."""
 
-    def __init__(self, app: web.Application, services: Services) -> None:
+    def __init__(self, app: web.Application, services: Services,
+                 server: HTTPServer | None = None) -> None:
         self.app = app
         self.services = services
+        self.server = server
         self.calls: set[asyncio.Future[Any]] = set()  # tasks of calls not answered yet
+        self.lanes: set[Lane] = set()
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection
                       ) -> httputil.HTTPMessageDelegate:
@@ -68,6 +107,53 @@ class Front(httputil.HTTPServerConnectionDelegate):
 
     def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
+
+    def hot(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders
+            ) -> Hot | None:
+        return hot_call(self.services, start_line, headers)
+
+    def forward(self, hot: Hot, path: str, headers: httputil.HTTPHeaders, body: bytes
+                ) -> asyncio.Future[Answer]:
+        """The call onto the link at once (when it is open; else once it is)."""
+        settings = self.services.settings
+        call = (hot.place, "POST", path, forwarded_headers(settings, headers), body,
+                forward_timeout_s(settings))
+        answered: asyncio.Future[Answer] | None
+        try:
+            answered = self.services.replicas.send(*call)
+        except errors.Misdirected as exc:  # (the link is closing)
+            answered = asyncio.get_running_loop().create_future()
+            answered.set_exception(exc)
+        if answered is None:
+            answered = asyncio.ensure_future(self.services.replicas.fetch(*call))
+            self.track(answered)
+        return answered
+
+    def settle(self, hot: Hot, answered: asyncio.Future[Answer]) -> replies.Reply | None:
+        """What the client is answered; None when the owner did not take the call (nothing
+        ran: the request goes to the application as it came)."""
+        services = self.services
+        failure = answered.exception()
+        services.metrics.forwarded.labels(forward_outcome(failure)).inc()
+        if isinstance(failure, errors.Misdirected):
+            services.manager.forget_location(hot.owner, hot.session_id)
+            return None
+        if isinstance(failure, errors.OwnerDown):
+            services.manager.mark_down(hot.place)
+            return None
+        if isinstance(failure, errors.OwnerUnreachable):
+            return replies.error(failure.status, failure.code, failure.message,
+                                 [("Retry-After", str(RETRY_AFTER_S))])
+        if failure is not None:  # a bug: answered (as the handlers would), never left hanging
+            log.error("forwarding to %s failed", hot.place, exc_info=failure)
+            return replies.INTERNAL_ERROR
+        answer = answered.result()
+        return answer.code, list(answer.headers.get_all()), answer.body
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """Keep a task of a call's alive until it is done."""
+        self.calls.add(task)
+        task.add_done_callback(self.calls.discard)
 
 
 class _Call(httputil.HTTPMessageDelegate):
@@ -77,8 +163,7 @@ class _Call(httputil.HTTPMessageDelegate):
                  request_conn: httputil.HTTPConnection) -> None:
         self.front, self.server_conn, self.request_conn = front, server_conn, request_conn
         self.app_delegate: httputil.HTTPMessageDelegate | None = None
-        self.place = ""  # where the call goes (the hot path), once the headers said so
-        self.owner = self.session_id = ""
+        self.hot: Hot | None = None  # where the call goes (the hot path), once the headers said
         self.start_line: httputil.RequestStartLine | None = None
         self.headers = httputil.HTTPHeaders()
         self.chunks: list[bytes] = []
@@ -90,7 +175,8 @@ class _Call(httputil.HTTPMessageDelegate):
                          headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         assert isinstance(start_line, httputil.RequestStartLine)
         self.start_line, self.headers = start_line, headers
-        if not self._take():
+        self.hot = self.front.hot(start_line, headers)
+        if self.hot is None:
             return self._to_app().headers_received(start_line, headers)
         return None
 
@@ -104,7 +190,9 @@ class _Call(httputil.HTTPMessageDelegate):
         if self.app_delegate is not None:
             self.app_delegate.finish()
         else:
-            self._send()
+            assert self.hot is not None and self.start_line is not None
+            self.front.forward(self.hot, self.start_line.path, self.headers,
+                               b"".join(self.chunks)).add_done_callback(self._answered)
 
     def on_connection_close(self) -> None:
         self.closed = True
@@ -112,103 +200,46 @@ class _Call(httputil.HTTPMessageDelegate):
             self.app_delegate.on_connection_close()
 
     # ------------------------------------------------------------------ the hot path
-    def _take(self) -> bool:
-        """Whether this request is forwarded here (see the module)."""
-        assert self.start_line is not None
-        headers, services = self.headers, self.front.services
-        if self.start_line.method != "POST" or "Origin" in headers \
-                or "Transfer-Encoding" in headers or "Expect" in headers:
-            return False
-        match = _EXECUTE.fullmatch(self.start_line.path)
-        length = headers.get("Content-Length", "")
-        if match is None or not SESSION_ID_RE.match(match.group(1)) or not length.isdigit() \
-                or int(length) > services.settings.max_request_bytes:
-            return False
-        if FORWARDED_HEADER in headers:
-            return False
-        try:
-            owner = services.auth.authenticate(headers.get("Authorization"), None,
-                                               headers.get("X-API-Key"))
-        except errors.Unauthorized:
-            return False
-        place = services.manager.remembered_place(owner, match.group(1))
-        if place is None:
-            return False
-        self.place, self.owner, self.session_id = place, owner, match.group(1)
-        return True
-
-    def _send(self) -> None:
-        """The call onto the link at once (when it is open; else once it is), answered by
-        ``_answered``."""
-        assert self.start_line is not None
-        services, settings = self.front.services, self.front.services.settings
-        call = (self.place, "POST", self.start_line.path, forwarded_headers(settings, self.headers),
-                b"".join(self.chunks), forward_timeout_s(settings))
-        answered: asyncio.Future[Answer] | None
-        try:
-            answered = services.replicas.send(*call)
-        except errors.Misdirected as exc:  # (the link is closing)
-            answered = asyncio.get_running_loop().create_future()
-            answered.set_exception(exc)
-        if answered is None:
-            answered = asyncio.ensure_future(services.replicas.fetch(*call))
-            self._track(answered)
-        answered.add_done_callback(self._answered)
-
     def _answered(self, answered: asyncio.Future[Answer]) -> None:
-        services = self.front.services
-        forwarded = services.metrics.forwarded
-        try:
-            answer = answered.result()
-            if answer.code == errors.Misdirected.status:
-                raise errors.Misdirected("the replica no longer serves the session")
-        except errors.Misdirected:
-            forwarded.labels("misdirected").inc()
-            services.manager.forget_location(self.owner, self.session_id)
-            self._track(asyncio.ensure_future(self._replay()))
-        except errors.OwnerDown:
-            forwarded.labels("down").inc()
-            services.manager.mark_down(self.place)
-            self._track(asyncio.ensure_future(self._replay()))
-        except errors.OwnerUnreachable as exc:
-            forwarded.labels("unreachable").inc()
-            body = ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message))
-            self._answer(exc.status, [("Retry-After", str(RETRY_AFTER_S))],
-                         body.model_dump_json().encode())
-        except Exception:  # a bug: answered (as the handlers would), never left hanging
-            log.exception("forwarding %s failed", self.start_line)
-            body = ErrorBody(error=ErrorDetail(code="internal_error", message="internal error"))
-            self._answer(500, [], body.model_dump_json().encode())
+        assert self.hot is not None
+        reply = self.front.settle(self.hot, answered)
+        if reply is None:
+            self.front.track(asyncio.ensure_future(self._replay()))
         else:
-            forwarded.labels("answered").inc()
-            self._answer(answer.code, answer.headers.get_all(), answer.body)
-
-    def _track(self, task: asyncio.Future[Any]) -> None:
-        """Keep a task of this call's alive until it is done."""
-        self.front.calls.add(task)
-        task.add_done_callback(self.front.calls.discard)
+            self._answer(*reply)
 
     def _answer(self, code: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
         if self.closed or self.request_conn is None:
             return
+        assert self.start_line is not None
+        lines, body = replies.head(code, headers, body)
         out = httputil.HTTPHeaders()
-        for name, value in DEFAULT_HEADERS:
+        for name, value in lines:
             out[name] = value
-        for name, value in headers:
-            out[name] = value
-        out["Date"] = _date(int(time.time()))
-        if code == 204:
-            del out["Content-Type"]
-            body = b""
-        else:
-            out["Content-Length"] = str(len(body))
         reason = responses.get(code, "Unknown")
         self.request_conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", code, reason),
                                         out, body)
         self.request_conn.finish()
-        assert self.start_line is not None
         log_access(code, self.start_line.method, self.start_line.path,
                    time.monotonic() - self.started)
+        self._to_lane()
+
+    def _to_lane(self) -> None:
+        """This keep-alive connection leaves tornado for a lane (see lane.py), unless tornado
+        has already read bytes of its next request (or it is closing, or still writing)."""
+        server, conn = self.front.server, self.request_conn
+        assert self.start_line is not None
+        if server is None or not isinstance(conn, HTTP1Connection) \
+                or not lane_able(self.start_line, self.headers):
+            return
+        stream = conn.stream
+        if stream is None or stream.closed() or stream.writing() or stream.socket is None \
+                or getattr(stream, "_read_buffer_size", 1) != 0:
+            return
+        sock = stream.socket.dup()  # the stream's own socket closes with it
+        conn.detach()
+        stream.close()
+        Lane(self.front, server, sock).start()
 
     async def _replay(self) -> None:
         """Give the request to the application as if it had just arrived (nothing ran)."""
