@@ -76,6 +76,8 @@ class Lane:
         self.fd = sock.fileno()
         self.timer: asyncio.TimerHandle | None = None
         self.low_water = 1  # the receive low-water mark: a partial request's size, else 1
+        self.reading = False  # whether the loop watches the socket
+        self.busy = False  # a call is on its way (bytes that come meanwhile wait)
         self.closed = False
 
     def start(self) -> None:
@@ -88,7 +90,10 @@ class Lane:
     # ------------------------------------------------------------------ reading
     def _listen(self) -> None:
         """Wait for the next request."""
-        self.loop.add_reader(self.fd, self._readable)
+        self.busy = False
+        if not self.reading:
+            self.loop.add_reader(self.fd, self._readable)
+            self.reading = True
         self._arm(self.front.services.settings.keepalive_timeout_s)
         self.server.idle(self, True)
 
@@ -98,6 +103,9 @@ class Lane:
         self.timer = self.loop.call_later(seconds, self.close)
 
     def _readable(self) -> None:
+        if self.busy:  # (stays registered during a call unless bytes come meanwhile)
+            self._unwatch()
+            return
         try:
             data = self.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
         except BlockingIOError:
@@ -129,7 +137,8 @@ class Lane:
             return
         if self.low_water != 1:
             self._low_water(1)
-        self._pause()
+        self.busy = True
+        self._disarm()
         self.server.idle(self, False)
         answered = self.front.forward(hot, start_line.path, headers, data[head:size])
         answered.add_done_callback(functools.partial(
@@ -139,8 +148,12 @@ class Lane:
         self.low_water = size
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
 
-    def _pause(self) -> None:
-        self.loop.remove_reader(self.fd)
+    def _unwatch(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+
+    def _disarm(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -160,8 +173,8 @@ class Lane:
             log.exception("forwarding to %s failed", hot.place)
             response = replies.encode(*replies.INTERNAL_ERROR)
         try:
-            self._take(size)
             sent = self.sock.send(response)
+            self._take(size)
         except OSError:  # the client went away
             self.close()
             return
@@ -191,7 +204,8 @@ class Lane:
 
     # ------------------------------------------------------------------ leaving
     def _release(self) -> None:
-        self._pause()
+        self._unwatch()
+        self._disarm()
         self.server.release(self)
         self.front.lanes.discard(self)
 

@@ -18,9 +18,10 @@ seen go elsewhere) and closes once its calls are answered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,7 @@ class ServedLink(asyncio.Protocol):
         self.last_seen = 0
         self.active_at = time.monotonic()  # when a call last came
         self.going_away = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -132,30 +133,49 @@ class ServedLink(asyncio.Protocol):
             self._send(frame.call, *_error(503, "unavailable", "too many calls on this link"))
             return
         exchange = self.calls[frame.call] = _Exchange(self, frame.call)
-        task = asyncio.create_task(self._serve(exchange, method, uri, headers, frame.body))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._serve(exchange, method, uri, headers, frame.body)
 
-    async def _serve(self, exchange: _Exchange, method: str, uri: str,
-                     headers: httputil.HTTPHeaders, body: bytes) -> None:
-        """Drive the application as tornado's HTTP1Connection does."""
+    def _serve(self, exchange: _Exchange, method: str, uri: str,
+               headers: httputil.HTTPHeaders, body: bytes) -> None:
+        """Drive the application as tornado's HTTP1Connection does (at once: a task only
+        when the handler makes the call wait between its steps)."""
         headers["Content-Length"] = str(len(body))
         headers.setdefault("Host", LINK_HOST)
         delegate = self.links.app.start_request(self, exchange)
+        start_line = httputil.RequestStartLine(method, uri, "HTTP/1.1")
+        steps: list[Callable[[], Awaitable[None] | None]] = [
+            functools.partial(delegate.headers_received, start_line, headers)]
+        if body:
+            steps.append(functools.partial(delegate.data_received, body))
+        steps.append(delegate.finish)
+        self._step(exchange, iter(steps))
+
+    def _step(self, exchange: _Exchange,
+              steps: Iterator[Callable[[], Awaitable[None] | None]]) -> None:
         try:
-            started = delegate.headers_received(
-                httputil.RequestStartLine(method, uri, "HTTP/1.1"), headers)
-            if started is not None:
-                await started
-            if body:
-                received = delegate.data_received(body)
-                if received is not None:
-                    await received
-            delegate.finish()
+            for step in steps:
+                waiting = step()
+                if waiting is not None:
+                    task = asyncio.ensure_future(self._step_after(exchange, waiting, steps))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    return
         except Exception:  # a handler's own errors are answered by it; this is a bug
-            log.exception("replica link call failed")
-            if exchange.call in self.calls:
-                self.answer(exchange, *_error(500, "internal_error", "the call failed"))
+            self._failed(exchange)
+
+    async def _step_after(self, exchange: _Exchange, waiting: Awaitable[None],
+                          steps: Iterator[Callable[[], Awaitable[None] | None]]) -> None:
+        try:
+            await waiting
+        except Exception:
+            self._failed(exchange)
+            return
+        self._step(exchange, steps)
+
+    def _failed(self, exchange: _Exchange) -> None:
+        log.exception("replica link call failed")
+        if exchange.call in self.calls:
+            self.answer(exchange, *_error(500, "internal_error", "the call failed"))
 
     def answer(self, exchange: _Exchange, head: dict[str, Any], body: bytes) -> None:
         if self.calls.pop(exchange.call, None) is None:
