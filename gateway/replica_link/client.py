@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tornado import httputil
 
 from gateway import errors
 from gateway.replica_link import frames
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 MAX_ANSWER_BYTES = 128 * 1024 * 1024
@@ -37,6 +41,32 @@ class Answer:
     code: int
     headers: httputil.HTTPHeaders
     body: bytes
+
+
+Then = Callable[[asyncio.Future[Answer]], None]
+
+
+class _Answered(asyncio.Future[Answer]):
+    """A call's answer whose ``then`` runs the moment it settles, not a loop turn later (the
+    forwarding front answers its client from it)."""
+
+    then: Then | None = None
+
+    def set_result(self, result: Answer, /) -> None:
+        super().set_result(result)
+        self._then()
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        super().set_exception(exception)
+        self._then()
+
+    def _then(self) -> None:
+        then, self.then = self.then, None
+        if then is not None:
+            try:
+                then(self)
+            except Exception:  # (its own bug: never the link's)
+                log.exception("a forwarded call's answer was not handled")
 
 
 def _late(answered: asyncio.Future[Answer]) -> None:
@@ -135,14 +165,15 @@ class _Link(asyncio.Protocol):
             f"the link to the owning replica was lost during the call ({exc or 'closed'})"))
 
     def send(self, method: str, uri: str, headers: list[tuple[str, str]], body: bytes,
-             deadline: float) -> asyncio.Future[Answer]:
+             deadline: float, then: Then | None = None) -> asyncio.Future[Answer]:
         """One call sent on this link now; its answer (or failure) by ``deadline`` (the
-        loop's clock)."""
+        loop's clock), given to ``then`` as soon as it is there."""
         if not self.usable or self.transport is None or self.transport.is_closing():
             raise errors.Misdirected("the replica link closed before the call was sent")
         loop = asyncio.get_running_loop()
         number = next(self.numbers)
-        answered = self.pending[number] = loop.create_future()
+        answered = self.pending[number] = _Answered(loop=loop)
+        answered.then = then
         self.transport.write(frames.encode(
             number, {"method": method, "uri": uri, "headers": headers}, body))
         late = loop.call_at(deadline, _late, answered)
@@ -164,15 +195,17 @@ class ReplicaLinks:
         self._links: dict[str, asyncio.Future[_Link]] = {}
 
     def send(self, base_url: str, method: str, uri: str, headers: dict[str, str],
-             body: bytes, timeout_s: float) -> asyncio.Future[Answer] | None:
-        """The call sent at once on the open link to ``base_url``; None when that link is not
-        open (``fetch`` opens it). The answer fails as ``fetch`` says."""
+             body: bytes, timeout_s: float, then: Then | None = None
+             ) -> asyncio.Future[Answer] | None:
+        """The call sent at once on the open link to ``base_url``, its answer given to ``then``
+        the moment it is there; None when that link is not open (``fetch`` opens it). The
+        answer fails as ``fetch`` says."""
         opening = self._links.get(base_url)
         if opening is None or not opening.done() or opening.cancelled() \
                 or opening.exception() is not None or not opening.result().usable:
             return None
         deadline = asyncio.get_running_loop().time() + timeout_s
-        return opening.result().send(method, uri, list(headers.items()), body, deadline)
+        return opening.result().send(method, uri, list(headers.items()), body, deadline, then)
 
     async def fetch(self, base_url: str, method: str, uri: str, headers: dict[str, str],
                     body: bytes, timeout_s: float) -> Answer:

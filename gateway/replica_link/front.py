@@ -46,7 +46,7 @@ from gateway.handlers.base import (
 )
 from gateway.models import SESSION_ID_RE
 from gateway.replica_link import replies
-from gateway.replica_link.client import Answer
+from gateway.replica_link.client import Answer, Then
 from gateway.replica_link.lane import Lane, lane_able
 
 if TYPE_CHECKING:
@@ -112,22 +112,24 @@ class Front(httputil.HTTPServerConnectionDelegate):
             ) -> Hot | None:
         return hot_call(self.services, start_line, headers)
 
-    def forward(self, hot: Hot, path: str, headers: httputil.HTTPHeaders, body: bytes
-                ) -> asyncio.Future[Answer]:
-        """The call onto the link at once (when it is open; else once it is)."""
+    def forward(self, hot: Hot, path: str, headers: httputil.HTTPHeaders, body: bytes,
+                then: Then) -> None:
+        """The call onto the link at once (when it is open; else once it is); its answer to
+        ``then``."""
         settings = self.services.settings
         call = (hot.place, "POST", path, forwarded_headers(settings, headers), body,
                 forward_timeout_s(settings))
         answered: asyncio.Future[Answer] | None
         try:
-            answered = self.services.replicas.send(*call)
+            answered = self.services.replicas.send(*call, then=then)
         except errors.Misdirected as exc:  # (the link is closing)
             answered = asyncio.get_running_loop().create_future()
             answered.set_exception(exc)
+            answered.add_done_callback(then)
         if answered is None:
             answered = asyncio.ensure_future(self.services.replicas.fetch(*call))
+            answered.add_done_callback(then)
             self.track(answered)
-        return answered
 
     def settle(self, hot: Hot, answered: asyncio.Future[Answer]) -> replies.Reply | None:
         """What the client is answered; None when the owner did not take the call (nothing
@@ -192,7 +194,7 @@ class _Call(httputil.HTTPMessageDelegate):
         else:
             assert self.hot is not None and self.start_line is not None
             self.front.forward(self.hot, self.start_line.path, self.headers,
-                               b"".join(self.chunks)).add_done_callback(self._answered)
+                               b"".join(self.chunks), self._answered)
 
     def on_connection_close(self) -> None:
         self.closed = True

@@ -77,7 +77,6 @@ class Lane:
         self.timer: asyncio.TimerHandle | None = None
         self.low_water = 1  # the receive low-water mark: a partial request's size, else 1
         self.reading = False  # whether the loop watches the socket
-        self.busy = False  # a call is on its way (bytes that come meanwhile wait)
         self.closed = False
 
     def start(self) -> None:
@@ -90,7 +89,6 @@ class Lane:
     # ------------------------------------------------------------------ reading
     def _listen(self) -> None:
         """Wait for the next request."""
-        self.busy = False
         if not self.reading:
             self.loop.add_reader(self.fd, self._readable)
             self.reading = True
@@ -103,9 +101,6 @@ class Lane:
         self.timer = self.loop.call_later(seconds, self.close)
 
     def _readable(self) -> None:
-        if self.busy:  # (stays registered during a call unless bytes come meanwhile)
-            self._unwatch()
-            return
         try:
             data = self.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
         except BlockingIOError:
@@ -137,11 +132,10 @@ class Lane:
             return
         if self.low_water != 1:
             self._low_water(1)
-        self.busy = True
+        self._unwatch()  # (its bytes stay there, unread, until it is answered)
         self._disarm()
         self.server.idle(self, False)
-        answered = self.front.forward(hot, start_line.path, headers, data[head:size])
-        answered.add_done_callback(functools.partial(
+        self.front.forward(hot, start_line.path, headers, data[head:size], functools.partial(
             self._answered, hot, start_line, size, time.monotonic()))
 
     def _low_water(self, size: int) -> None:
