@@ -258,3 +258,27 @@ def test_a_client_that_leaves_during_its_call(
     with httpx.Client(base_url=front.url, headers=AUTH, timeout=30) as client:
         assert value(client.post("/v1/sessions/s/execute", json={"code": "n + 1"})) == "100"
     assert front.forwarded("answered") == 3
+
+
+def test_a_bug_in_a_lane_closes_its_connection(
+        make_front: Callable[..., FrontServer], owners: tuple[Gateway, Gateway]) -> None:
+    """A lane that fails (here: the place lookup raises) closes its connection: no reader left
+    spinning on bytes it cannot handle, no socket left waiting for nothing."""
+    front = make_front()
+    a, _ = owners
+    front.manager.places["s"] = a.url
+    raw = Raw(front.port)
+    try:
+        raw.send(request("1"))
+        assert raw.value() == "1" and front.lanes() == 1
+
+        class Broken(dict[str, str]):
+            def get(self, *_: Any) -> str | None:
+                raise RuntimeError("a bug")
+
+        front.manager.places = Broken()
+        raw.send(request("2"))
+        assert raw.closed()
+        assert front.lanes() == 0
+    finally:
+        raw.close()

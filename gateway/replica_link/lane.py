@@ -102,6 +102,13 @@ class Lane:
 
     def _readable(self) -> None:
         try:
+            self._read()
+        except Exception:  # a bug: the lane closes (a reader left on would spin)
+            log.exception("a forwarding lane failed")
+            self.close()
+
+    def _read(self) -> None:
+        try:
             data = self.sock.recv(PEEK_BYTES, socket.MSG_PEEK)
         except BlockingIOError:
             return
@@ -155,6 +162,14 @@ class Lane:
     # ------------------------------------------------------------------ answering
     def _answered(self, hot: Hot, start_line: httputil.RequestStartLine, size: int,
                   started: float, answered: asyncio.Future[Answer]) -> None:
+        try:
+            self._answer(hot, start_line, size, started, answered)
+        except Exception:  # a bug: the lane closes (not left waiting for nothing)
+            log.exception("a forwarding lane failed")
+            self.close()
+
+    def _answer(self, hot: Hot, start_line: httputil.RequestStartLine, size: int,
+                started: float, answered: asyncio.Future[Answer]) -> None:
         reply = self.front.settle(hot, answered)
         if self.closed:
             return
