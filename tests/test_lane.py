@@ -80,6 +80,15 @@ class Raw:
         self.sock.close()
 
 
+def a_lane(front: FrontServer, owner: Gateway, code: str = "1", shows: str = "1") -> Raw:
+    """A raw connection made a lane by a first forwarded call to session "s" at ``owner``."""
+    front.manager.places["s"] = owner.url
+    raw = Raw(front.port)
+    raw.send(request(code))
+    assert raw.value() == shows and front.lanes() >= 1
+    return raw
+
+
 def value(r: httpx.Response) -> str:
     assert r.status_code == 200, r.text
     return str(r.json()["outputs"][0]["data"]["text/plain"])
@@ -150,12 +159,8 @@ def test_anything_else_on_a_lane_goes_back_to_tornado_unread(
 def test_split_and_pipelined_requests_on_a_lane(
         make_front: Callable[..., FrontServer], owners: tuple[Gateway, Gateway]) -> None:
     front = make_front()
-    a, _ = owners
-    front.manager.places["s"] = a.url
-    raw = Raw(front.port)
+    raw = a_lane(front, owners[0], "n = 1; n", "1")
     try:
-        raw.send(request("n = 1; n"))
-        assert raw.value() == "1" and front.lanes() == 1
         data = request("n += 10; n")
         head = data.index(b"\r\n\r\n") + 4
         raw.send(data[:head])  # the body comes later: the lane waits for it
@@ -216,23 +221,15 @@ def test_a_large_answer_is_written_as_the_client_reads_it(
 def test_lanes_wait_within_the_timeouts_and_count_towards_the_connection_cap(
         make_front: Callable[..., FrontServer], owners: tuple[Gateway, Gateway]) -> None:
     front = make_front(keepalive_timeout_s=0.5, body_timeout_s=0.5, max_connections=2)
-    a, _ = owners
-    front.manager.places["s"] = a.url
-    idle, partial, third = Raw(front.port), Raw(front.port), None
+    idle, partial, third = a_lane(front, owners[0]), a_lane(front, owners[0]), None
     try:
-        for raw in (idle, partial):
-            raw.send(request("1"))
-            assert raw.value() == "1"
         assert front.lanes() == 2
         partial.send(request("2")[:-3])  # its body never ends
         t0 = time.monotonic()
         assert idle.closed() and partial.closed()
         assert time.monotonic() - t0 < 5
         wait_for(lambda: front.lanes() == 0)
-        idle, partial = Raw(front.port), Raw(front.port)
-        for raw in (idle, partial):
-            raw.send(request("3"))
-            assert raw.value() == "3"
+        idle, partial = a_lane(front, owners[0]), a_lane(front, owners[0])
         third = Raw(front.port)  # at the cap: the lane idle longest makes room
         third.send(request("4"))
         assert third.value() == "4"
@@ -247,10 +244,7 @@ def test_a_client_that_leaves_during_its_call(
         make_front: Callable[..., FrontServer], owners: tuple[Gateway, Gateway]) -> None:
     front = make_front()
     a, _ = owners
-    front.manager.places["s"] = a.url
-    raw = Raw(front.port)
-    raw.send(request("n = 0; n"))
-    assert raw.value() == "0" and front.lanes() == 1
+    raw = a_lane(front, a, "n = 0; n", "0")
     raw.send(request("import time; time.sleep(1); n = 99"))
     raw.close()
     wait_for(lambda: front.lanes() == 0)
@@ -265,13 +259,8 @@ def test_a_bug_in_a_lane_closes_its_connection(
     """A lane that fails (here: the place lookup raises) closes its connection: no reader left
     spinning on bytes it cannot handle, no socket left waiting for nothing."""
     front = make_front()
-    a, _ = owners
-    front.manager.places["s"] = a.url
-    raw = Raw(front.port)
+    raw = a_lane(front, owners[0])
     try:
-        raw.send(request("1"))
-        assert raw.value() == "1" and front.lanes() == 1
-
         class Broken(dict[str, str]):
             def get(self, *_: Any) -> str | None:
                 raise RuntimeError("a bug")
