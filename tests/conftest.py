@@ -197,17 +197,12 @@ def containers_of(client: Any, instance_id: str | None = None) -> list[Any]:
     """Containers (any state) labelled by this project, of one gateway or of this run."""
     import docker.errors
 
-    def listed() -> list[Any]:
-        return client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
-
-    for _attempt in range(40):  # a container removed between the list and its inspect: again
+    found = []
+    for summary in client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"}):
         try:
-            found = listed()
-            break
-        except docker.errors.NotFound:  # (being removed: the engine may take a moment)
-            time.sleep(0.1)
-    else:
-        found = listed()
+            found.append(client.containers.get(summary["Id"]))
+        except docker.errors.NotFound:  # removed between the list and its inspect: not left
+            pass
     if instance_id is not None:
         return [c for c in found if c.labels.get(LABEL_GATEWAY) == instance_id]
     return [c for c in found if c.labels.get(LABEL_GATEWAY, "").startswith(f"t{RUN_ID}-")]

@@ -134,6 +134,37 @@ def test_an_interrupted_copy_is_thrown_away_and_redone(docker_client: Any) -> No
                 pass
 
 
+def test_a_gateway_stopping_mid_copy_leaves_no_filler_behind(docker_client: Any) -> None:
+    """The launcher's close removes the filler of a copy it has not finished, so the next
+    gateway fills the volume at once instead of waiting ``STALE_FILLER_S`` for it."""
+    import threading
+
+    api = docker_client.api
+    image_id = docker_client.images.get(DOCKER_IMAGE).id
+    name = f"exec-gateway-env-test{secrets.token_hex(3)}"
+    volumes = envvolume.EnvVolume(DOCKER_IMAGE, enabled=True)
+    copying = threading.Thread(target=envvolume._fill, daemon=True, kwargs=dict(
+        api=api, image_id=image_id, name=name, path="/opt/kernel",
+        on_filler=volumes._fillers.add))
+    filler = {"name": f"{name}-fill"}
+    try:
+        copying.start()
+        wait_until(lambda: docker_client.containers.list(all=True, filters=filler), 30, 0.05)
+        volumes.close(docker_client)  # (the copy is still running)
+        assert not docker_client.containers.list(all=True, filters=filler)
+        copying.join(120)
+        assert envvolume._fill(api, image_id, name, "/opt/kernel") is True  # no wait
+        assert docker_client.volumes.get(name + envvolume.READY_SUFFIX)
+        assert not docker_client.containers.list(all=True, filters=filler)
+    finally:
+        copying.join(120)
+        for volume in (name, name + envvolume.READY_SUFFIX):
+            try:
+                docker_client.volumes.get(volume).remove(force=True)
+            except Exception:
+                pass
+
+
 def test_a_rebuilt_image_never_gets_the_old_images_volume(
     gateway_factory: Any, docker_client: Any
 ) -> None:

@@ -365,6 +365,8 @@ class DockerLauncher:
         await self._exits.close()
         if self._client is not None:
             with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.env_volume.close, self._client)
+            with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._client.close)
 
 

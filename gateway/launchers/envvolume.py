@@ -16,7 +16,9 @@ The volume is named after the image id (``exec-gateway-env-<12 hex>``), so a reb
 its own. A second, empty volume (``...-ready``) is created once the copy has finished: a copy
 interrupted half-way (a killed gateway) is thrown away and redone. Two gateways filling at once
 meet on the filler container's name (fixed, unique per image): the second waits for the first
-(and takes over when that filler is older than ``STALE_FILLER_S``: its gateway died).
+(and takes over when that filler is older than ``STALE_FILLER_S``: its gateway died). A
+gateway that stops mid-copy removes its filler on the way out, so the next one starts over at
+once instead of waiting that long.
 The copy runs in the background after start-up; kernels started meanwhile read the image's own
 files (slower, same behaviour). Volumes of images that no longer exist are removed (those in
 use by a container are left). ``docker_env_volume=false`` turns all of this off.
@@ -28,6 +30,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +64,7 @@ class EnvVolume:
         self._preparing: set[str] = set()
         self._lock = threading.Lock()
         self._cleaned = False
+        self._fillers: set[str] = set()  # ids of the filler containers this launcher made
         self.state = "off" if not enabled else "pending"  # pending, filling, ready, none, failed
 
     def start(self, client: docker.DockerClient) -> None:
@@ -91,7 +95,7 @@ class EnvVolume:
 
     def _prepare(self, client: docker.DockerClient, image: str) -> None:
         try:
-            image_id, mount = prepare(client, image, self._on_fill)
+            image_id, mount = prepare(client, image, self._on_fill, self._fillers.add)
         except (docker.errors.DockerException, OSError, TimeoutError) as exc:
             self.state = "failed"
             log.warning("kernel env volume unavailable, kernels read the image's own files: %s",
@@ -111,9 +115,16 @@ class EnvVolume:
     def _on_fill(self) -> None:
         self.state = "filling"
 
+    def close(self, client: docker.DockerClient) -> None:
+        """Remove the filler of a copy this launcher has not finished (its gateway is stopping:
+        the next one fills the volume again at once, not after ``STALE_FILLER_S``)."""
+        for filler in list(self._fillers):
+            with contextlib.suppress(docker.errors.DockerException):  # (finished: gone)
+                client.api.remove_container(filler, force=True)
 
-def prepare(client: docker.DockerClient, image: str, on_fill: Any = None
-            ) -> tuple[str, Mount | None]:
+
+def prepare(client: docker.DockerClient, image: str, on_fill: Any = None,
+            on_filler: Callable[[str], None] | None = None) -> tuple[str, Mount | None]:
     """``image``'s id and the read-only mount of its env volume, filled first if needed
     (blocking; minutes at most); None when the image names no env path. Raises
     DockerException, TimeoutError."""
@@ -130,7 +141,7 @@ def prepare(client: docker.DockerClient, image: str, on_fill: Any = None
             raise TimeoutError(f"volume {name} not filled after {FILL_WAIT_S:.0f}s")
         if on_fill is not None:
             on_fill()
-        if not _fill(api, image_id, name, path):
+        if not _fill(api, image_id, name, path, on_filler):
             time.sleep(1.0)  # another gateway is filling it
     return image_id, Mount(target=path, source=name, type="volume", read_only=True, no_copy=True)
 
@@ -143,20 +154,23 @@ def _exists(api: Any, name: str) -> bool:
         return False
 
 
-def _fill(api: Any, image_id: str, name: str, path: str) -> bool:
+def _fill(api: Any, image_id: str, name: str, path: str,
+          on_filler: Callable[[str], None] | None = None) -> bool:
     """Copy the image's ``path`` into a fresh volume ``name``; False if another gateway's
-    filler holds the name."""
+    filler holds the name. ``on_filler`` hears the id of the filler container made."""
     filler = f"{name}-fill"
     labels = {LABEL_MANAGED: "true", LABEL_IMAGE_ID: image_id, LABEL_ENV_PATH: path}
     try:
-        api.create_container(image_id, name=filler, entrypoint=["/bin/true"], labels=labels,
-                             network_disabled=True, host_config=api.create_host_config(
-                                 network_mode="none"))
+        made = api.create_container(image_id, name=filler, entrypoint=["/bin/true"],
+                                    labels=labels, network_disabled=True,
+                                    host_config=api.create_host_config(network_mode="none"))
     except docker.errors.APIError as exc:
         if exc.status_code == 409:  # another gateway fills it (or died doing so: see below)
             _remove_stale_filler(api, filler)
             return False
         raise
+    if on_filler is not None:
+        on_filler(str(made["Id"]))
     try:
         # a half-filled volume from an interrupted copy: start again from an empty one (the
         # copying container of a gateway stopped mid-copy holds it: never started, removed)
