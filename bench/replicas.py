@@ -27,6 +27,7 @@ from bench.procs import ProcessTracker, free_port
 from bench.report import (
     REPLICA_REST_DIRECT,
     REPLICA_REST_FORWARDED,
+    REPLICA_REST_MEMORY,
     REPLICA_V1_DIRECT,
     REPLICA_V1_FORWARDED,
 )
@@ -133,16 +134,19 @@ async def replicas_section(config: BenchConfig, results: dict[str, Any],
             gws.append(await start_gateway(tracker, logs / f"gateway-replica-{name}.log",
                                            {**shared, "instance_id": instance}))
         a, b = gws
+        gws.append(await start_gateway(tracker, logs / "gateway-memory-registry.log",
+                                       gateway_settings(config, 8)))
         out.update(instance_ids=ids, key_prefix=shared["redis_key_prefix"],
                    registry=json.loads(await _get(a, "/healthz"))["registry"])
         targets: list[Target] = [
             RestTarget(a, REPLICA_REST_DIRECT), RestTarget(b, REPLICA_REST_FORWARDED, owner=a),
             V1WsTarget(a, REPLICA_V1_DIRECT), V1WsTarget(b, REPLICA_V1_FORWARDED, owner=a),
+            RestTarget(gws[2], REPLICA_REST_MEMORY),  # what the Redis registry costs A
         ]
-        before = [await executes_total(gw) for gw in gws]
+        before = [await executes_total(gw) for gw in gws[:2]]
         log("  replicas: direct vs forwarded latency")
         out["latency"] = await warm_latency(config, targets)
-        served = [await executes_total(gw) - n for gw, n in zip(gws, before, strict=True)]
+        served = [await executes_total(gw) - n for gw, n in zip(gws[:2], before, strict=True)]
         out["executes_served"] = {"a": int(served[0]), "b": int(served[1])}
         if served[1]:
             results["notes"].append(f"replicas: B executed {served[1]:.0f} cells itself; the "

@@ -18,6 +18,7 @@ DOCKER, DOCKER_LOCAL = "docker_rest", "local_rest"  # the docker section's two g
 # the replicas section: sessions created on replica A, called on A (direct) or through B
 REPLICA_REST_DIRECT, REPLICA_REST_FORWARDED = "replica_rest_direct", "replica_rest_forwarded"
 REPLICA_V1_DIRECT, REPLICA_V1_FORWARDED = "replica_v1_ws_direct", "replica_v1_ws_forwarded"
+REPLICA_REST_MEMORY = "replica_rest_memory"  # a gateway on the memory registry, interleaved
 REPLICA_PAIRS = (("rest", REPLICA_REST_FORWARDED, REPLICA_REST_DIRECT, "REST forwarded"),
                  ("v1ws", REPLICA_V1_FORWARDED, REPLICA_V1_DIRECT, "/v1 WS relayed"))
 FRONT_DOORS = ((REST, "rest"), (V1, "v1ws"), (JUP, "jupyter"), (KG, "kg"))
@@ -115,7 +116,7 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
             _get(rlat, forwarded, "server_cpu_ms_per_call"),
             _get(rlat, direct, "server_cpu_ms_per_call"))
     r["replicas_p50_rest_direct_vs_memory_rest"] = ratio(_get(rlat, REPLICA_REST_DIRECT, "p50"),
-                                                         _get(lat, REST, "p50"))
+                                                         _get(rlat, REPLICA_REST_MEMORY, "p50"))
     dens = density_figures(results)
     r["density_sessions_per_24gib"] = dens.get("sessions_per_24gib")
     r["density_active_p99_vs_first_step"] = dens.get("active_p99_vs_first_step")
@@ -249,7 +250,7 @@ def _replicas_rows(rp: dict[str, Any], lat: dict[str, Any]) -> list[tuple[str, A
             if v is not None:
                 rows.append((f"replica execute {q} ms: {label} vs direct", v, ref,
                              ratio(v, ref)))
-    v, ref = _get(rlat, REPLICA_REST_DIRECT, "p50"), _get(lat, REST, "p50")
+    v, ref = _get(rlat, REPLICA_REST_DIRECT, "p50"), _get(rlat, REPLICA_REST_MEMORY, "p50")
     if v is not None:
         rows.append(("REST p50 ms: redis registry vs memory registry", v, ref, ratio(v, ref)))
     for _, forwarded, direct, label in REPLICA_PAIRS:
