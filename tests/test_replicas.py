@@ -122,7 +122,10 @@ def test_an_orphaned_idle_session_is_reaped_once_by_a_survivor(gateway_factory,
         return [s["id"] for s in b.http.get("/v1/sessions").json()["sessions"]]
 
     assert "forgotten" in listed_by_b()  # the record outlives its replica...
-    wait_until(lambda: "forgotten" not in listed_by_b(), LEASE_TTL_S + 15)  # ...until reaped
+    # ...until reaped by b (a CI run once saw it unlisted before b had logged its takeover:
+    # wait for b's reaping line, not only for the listing)
+    wait_until(lambda: "reaping session_id=forgotten" in b.log()
+               and "forgotten" not in listed_by_b(), LEASE_TTL_S + 15)
     log = b.log()
     lines = [line for line in log.splitlines() if "access" not in line]
     assert "session taken over session_id=forgotten from gateway=reap-a" in log, lines
