@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import httpx
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, wait_until
 from tests.front_server import AUTH, FrontServer, owner_pair
 
 
@@ -94,13 +94,6 @@ def value(r: httpx.Response) -> str:
     return str(r.json()["outputs"][0]["data"]["text/plain"])
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_a_keep_alive_connection_becomes_a_lane_that_serves_the_calls_after(
         make_front: Callable[..., FrontServer], owners: tuple[Gateway, Gateway]) -> None:
     front = make_front()
@@ -119,7 +112,7 @@ def test_a_keep_alive_connection_becomes_a_lane_that_serves_the_calls_after(
         assert invalid.json()["error"]["code"] == "validation_error"
         assert front.lanes() == 1
     assert front.seen == [] and front.forwarded("answered") == 4
-    wait_for(lambda: front.lanes() == 0)  # the client closed it
+    wait_until(lambda: front.lanes() == 0, 10, 0.05)  # the client closed it
 
 
 def test_anything_else_on_a_lane_goes_back_to_tornado_unread(
@@ -178,7 +171,7 @@ def test_split_and_pipelined_requests_on_a_lane(
         time.sleep(0.3)
         raw.sock.shutdown(socket.SHUT_WR)
         assert raw.closed()
-        wait_for(lambda: front.lanes() == 0)
+        wait_until(lambda: front.lanes() == 0, 10, 0.05)
     finally:
         raw.close()
     assert front.seen == [] and front.forwarded("answered") == 6
@@ -228,7 +221,7 @@ def test_lanes_wait_within_the_timeouts_and_count_towards_the_connection_cap(
         t0 = time.monotonic()
         assert idle.closed() and partial.closed()
         assert time.monotonic() - t0 < 5
-        wait_for(lambda: front.lanes() == 0)
+        wait_until(lambda: front.lanes() == 0, 10, 0.05)
         idle, partial = a_lane(front, owners[0]), a_lane(front, owners[0])
         third = Raw(front.port)  # at the cap: the lane idle longest makes room
         third.send(request("4"))
@@ -247,7 +240,7 @@ def test_a_client_that_leaves_during_its_call(
     raw = a_lane(front, a, "n = 0; n", "0")
     raw.send(request("import time; time.sleep(1); n = 99"))
     raw.close()
-    wait_for(lambda: front.lanes() == 0)
+    wait_until(lambda: front.lanes() == 0, 10, 0.05)
     assert value(a.http.post("/v1/sessions/s/execute", json={"code": "n"})) == "99"
     with httpx.Client(base_url=front.url, headers=AUTH, timeout=30) as client:
         assert value(client.post("/v1/sessions/s/execute", json={"code": "n + 1"})) == "100"

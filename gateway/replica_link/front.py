@@ -91,13 +91,13 @@ def hot_call(services: Services, start_line: httputil.RequestStartLine,
 
 class Front(httputil.HTTPServerConnectionDelegate):
     """The HTTP server's delegate: the application, with the forwarding hot path before it.
-    Given the ``server`` it serves for, its keep-alive connections may become lanes."""
+    Once ``server`` is set to the server it serves for, its keep-alive connections may become
+    lanes."""
 
-    def __init__(self, app: web.Application, services: Services,
-                 server: HTTPServer | None = None) -> None:
+    def __init__(self, app: web.Application, services: Services) -> None:
         self.app = app
         self.services = services
-        self.server = server
+        self.server: HTTPServer | None = None
         self.calls: set[asyncio.Future[Any]] = set()  # tasks of calls not answered yet
         self.lanes: set[Lane] = set()
 
