@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import docker_sandbox
 from bench.config import BenchConfig
-from bench.gateway_rest import RestTarget, start_gateway, stop_gateway
+from bench.gateway_rest import RestTarget, start_gateway, stop_gateway, wait_for_env_volume
 from bench.loops import close_executors, interleaved_latency, open_executors, warm
 from bench.procs import ProcessTracker, cmdline, cpu_seconds, memory_kb, parent_pid, rss_bytes
 from bench.stats import ratio
@@ -132,6 +132,7 @@ async def density_section(config: BenchConfig, results: dict[str, Any],
     active: Executor | None = None
     started = time.perf_counter()
     try:
+        out["env_volume_wait_s"] = round(await wait_for_env_volume(gw), 2)  # the steady state
         active = await RestTarget(gw, DENSITY).start()
         await warm(active, 5)
         await asyncio.sleep(1.0)

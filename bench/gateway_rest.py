@@ -10,8 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.http_client import HttpConnection, HttpError
 from bench.procs import ProcessTracker, free_port
@@ -91,20 +93,37 @@ async def stop_gateway(tracker: ProcessTracker, gw: GatewayProcess) -> None:
     shutil.rmtree(gw.home, ignore_errors=True)
 
 
-async def wait_for_pool(gw: GatewayProcess, size: int, timeout_s: float = 60.0) -> None:
-    """Poll ``/healthz`` until the warm pool holds ``size`` kernels. Raises BenchError."""
+async def wait_for_health(gw: GatewayProcess, what: str, ready: Callable[[dict[str, Any]], bool],
+                          timeout_s: float = 60.0) -> float:
+    """Poll ``/healthz`` until ``ready(body)``; returns the seconds waited. Raises BenchError
+    naming ``what`` past ``timeout_s``."""
     conn = gw.connection()
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
     try:
         while True:
             r = await conn.request("GET", "/healthz")
-            if r.status == 200 and r.json().get("pool_size", 0) >= size:
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(f"warm pool not at {size} after {timeout_s}s: {r.body[:200]!r}")
+            if r.status == 200 and ready(r.json()):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout_s:
+                raise BenchError(f"{what} not so after {timeout_s}s: {r.body[:200]!r}")
             await asyncio.sleep(0.02)
     finally:
         await conn.close()
+
+
+async def wait_for_pool(gw: GatewayProcess, size: int, timeout_s: float = 60.0) -> None:
+    """Poll ``/healthz`` until the warm pool holds ``size`` kernels. Raises BenchError."""
+    await wait_for_health(gw, f"warm pool at {size}",
+                          lambda h: bool(h.get("pool_size", 0) >= size), timeout_s)
+
+
+async def wait_for_env_volume(gw: GatewayProcess, timeout_s: float = 300.0) -> float:
+    """Poll a docker gateway's ``/healthz`` until its kernel env volume is ready (or the image
+    has none): kernels started while it is filled read the image's own files, slower. Returns
+    the seconds waited. Raises BenchError."""
+    return await wait_for_health(
+        gw, "kernel env volume ready", lambda h: h.get("launcher_details", {}).get(
+            "env_volume") in ("ready", "none", "off"), timeout_s)
 
 
 class RestSession:

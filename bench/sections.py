@@ -15,6 +15,7 @@ from bench.gateway_rest import (
     RestTarget,
     start_gateway,
     stop_gateway,
+    wait_for_env_volume,
     wait_for_pool,
 )
 from bench.jupyter_ws import JupyterTarget
@@ -267,6 +268,10 @@ async def docker_section(config: BenchConfig, results: dict[str, Any],
                                        gateway_settings(config, sessions)))
         docker_gw, local_gw = gws
         targets: list[Target] = [RestTarget(docker_gw, DOCKER), RestTarget(local_gw, DOCKER_LOCAL)]
+        # the steady state: kernels started while the env volume is filled (once per image,
+        # ~15 s) read the image's own files through the storage driver
+        log("  docker env volume")
+        dk["env_volume_wait_s"] = round(await wait_for_env_volume(docker_gw), 2)
         log("  docker cold starts")
         dk["session_start"] = await interleaved_starts(targets, config.starts,
                                                        2 * config.loop_max_s)

@@ -194,6 +194,9 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
     launcher: str
+    launcher_details: dict[str, str] = Field(
+        {}, description="the launcher's own state: Docker's env_volume (off, pending, filling, "
+                        "ready, none, failed)")
     registry: str
     sessions: int
     max_sessions: int

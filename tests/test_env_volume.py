@@ -19,6 +19,10 @@ pytestmark = pytest.mark.docker
 READY_WAIT_S = 300.0  # the first fill copies ~550 MB inside the engine
 
 
+def env_volume_state(gw: Gateway) -> str:
+    return str(gw.http.get("/healthz").json()["launcher_details"]["env_volume"])
+
+
 def image_volume(client: Any) -> str:
     return envvolume.volume_name(client.images.get(DOCKER_IMAGE).id)
 
@@ -45,8 +49,9 @@ def test_kernels_read_the_environment_from_a_read_only_volume(
     gw = gateway_factory(launcher="docker", instance_id=docker_instance_id("envvol"),
                          pool_size=0)
     name = image_volume(docker_client)
-    wait_until(lambda: any(v.name == name + envvolume.READY_SUFFIX
-                           for v in docker_client.volumes.list()), READY_WAIT_S, 0.5)
+    # /healthz says so once this gateway mounts it (filling before: kernels read the image)
+    wait_until(lambda: env_volume_state(gw) == "ready", READY_WAIT_S, 0.5)
+    assert any(v.name == name + envvolume.READY_SUFFIX for v in docker_client.volumes.list())
     volume = docker_client.volumes.get(name)
     assert volume.attrs["Labels"][envvolume.LABEL_IMAGE_ID] == \
         docker_client.images.get(DOCKER_IMAGE).id
@@ -65,6 +70,7 @@ def test_setting_off_runs_the_images_own_files(gateway_factory: Any, docker_clie
                                                ) -> None:
     gw = gateway_factory(launcher="docker", instance_id=docker_instance_id("noenv"),
                          pool_size=0, docker_env_volume="false")
+    assert env_volume_state(gw) == "off"
     host, base_prefix, _, errno_new, _ = kernel_view(gw, f"noenv-{secrets.token_hex(3)}")
     container = docker_client.containers.get(host)
     assert "/opt/kernel" not in {m["Destination"] for m in container.attrs["Mounts"]}

@@ -137,6 +137,8 @@ def test_health_ready_metrics_openapi(gw: Gateway, sid: str) -> None:
     gw.execute(sid, "1")
     health = httpx.get(f"{gw.url}/healthz").json()
     assert health["status"] == "ok" and health["launcher"] in ("local", "docker")
+    assert health["launcher_details"] == ({} if health["launcher"] == "local" else
+                                          {"env_volume": health["launcher_details"]["env_volume"]})
     assert health["default_limits"]["memory_mb"] == 512
     ready = gw.http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"launcher": "ok",

@@ -24,6 +24,7 @@ class HealthHandler(ApiHandler):
             status=status,  # type: ignore[arg-type]
             version=__version__,
             launcher=s.launcher.name,
+            launcher_details=s.launcher.details(),
             registry=s.registry.name,
             sessions=s.manager.count(),
             max_sessions=s.settings.max_sessions,

@@ -118,6 +118,9 @@ class Launcher(Protocol):
     async def check(self) -> None:
         """Raise LauncherUnavailable if kernels cannot be started now (readiness)."""
 
+    def details(self) -> dict[str, str]:
+        """What /healthz says of the launcher's own state beyond its name (may be empty)."""
+
     async def launch(self, spec: LaunchSpec) -> KernelHandle:
         """Start a kernel; returns once its sockets may appear. Raises KernelStartFailed."""
 

@@ -286,6 +286,12 @@ class DockerLauncher:
             await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
 
     # ------------------------------------------------------------------ sandbox runs
+    def details(self) -> dict[str, str]:
+        """``env_volume``: the kernel env volume of the image — off, pending, filling (kernels
+        read the image's own files meanwhile: slower starts), ready, none (the image has no
+        env path label) or failed."""
+        return {"env_volume": self.env_volume.state}
+
     async def libraries(self, script: str) -> dict[str, str]:
         """See gateway/launchers/docker_exec.py: a throwaway container of the image."""
         return await docker_exec.libraries(await self._ready(), self._settings, script)

@@ -224,6 +224,9 @@ class LocalLauncher:
         self._exits.pop(handle.ref, None)
         await asyncio.to_thread(shutil.rmtree, handle.socket_dir, True)
 
+    def details(self) -> dict[str, str]:
+        return {}
+
     async def libraries(self, script: str) -> dict[str, str]:
         """``script`` run by ``kernel_python`` (isolated mode, 30 s at most)."""
         try:
