@@ -18,8 +18,8 @@ security boundary: code in the kernel can still reach a loaded module through
 ``sys.modules`` or other objects, and native code can do anything. The sandbox (container,
 no network) is the boundary.
 
-The kernel itself is configured by ``kernel_tuning.py`` (next to this file): less work per
-cell than stock ipykernel, every behaviour users see kept.
+The kernel itself is configured by ``kernel_tuning.py`` and ``kernel_iopub.py`` (next to this
+file): less work per cell than stock ipykernel, every behaviour users see kept.
 
 Stand-alone on purpose (no gateway imports): the Docker kernel image runs this same file.
 
@@ -90,9 +90,11 @@ def install_policy(blocked: frozenset[str]) -> None:
 
 
 if __name__ == "__main__":
-    import kernel_tuning  # type: ignore[import-not-found]  # next to this file (sys.path[0])
+    import kernel_iopub  # type: ignore[import-not-found]  # next to this file (sys.path[0])
+    import kernel_tuning  # type: ignore[import-not-found]
 
     app = kernel_tuning.make_app()
+    kernel_iopub.install()  # after make_app (it sets up ipykernel's imports), before initialize
     app.initialize()
     kernel_tuning.tune(app)
     import kernel_pip  # type: ignore[import-not-found]  # (next to this file)

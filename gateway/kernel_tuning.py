@@ -29,6 +29,8 @@ the README's performance section):
 - **DEBUG log records nobody shows**: the kernel's logger is at DEBUG, its handler at WARNING,
   so several records per message are built and dropped; the logger's level is raised to what
   its handlers show.
+- **The IOPub thread hand-off** per iopub message: ``kernel_iopub.py`` (installed by
+  ``kernel_boot.py`` before the app starts) sends directly when that thread is idle.
 - **The shell-channel thread** (ipykernel 7: kernel subshells): every shell message crosses an
   extra thread and inproc socket pair. It is turned off unless ``EXEC_GATEWAY_KERNEL_SUBSHELLS``
   is ``1`` (the gateway's ``kernel_subshells`` setting): a *visible* change, since the kernel
@@ -180,6 +182,8 @@ def tune(app: Any) -> list[str]:
         applied.append("plain_display")
     if _cache_signatures():
         applied.append("cached_signatures")
+    if hasattr(getattr(app, "iopub_thread", None), "direct_sends"):  # kernel_iopub.py
+        applied.append("direct_iopub")
     if isinstance(getattr(app, "shell_channel_thread", None), _NoShellChannel):
         applied.append("no_shell_channel_thread")
     kernel._exec_gateway_tuning = tuple(applied)  # what tests/test_kernel_tuning.py checks

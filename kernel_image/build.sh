@@ -180,7 +180,7 @@ fi
 [ -x "$here/kernel-entry" ] || die "kernel_image/kernel-entry is not executable (chmod 0755 it)"
 step "3/3 docker build $KERNEL_IMAGE (FROM $base, --network none)"
 # the kernel's entry modules have one source, in the gateway package: copy them into the context
-for module in kernel_boot.py kernel_tuning.py kernel_pip.py; do
+for module in kernel_boot.py kernel_tuning.py kernel_iopub.py kernel_pip.py; do
     cp -p "$here/../gateway/$module" "$here/$module"
 done
 log="$tmpdir/docker-build.log"

@@ -17,7 +17,7 @@ KERNEL_PYTHON = ROOT / ".venv-kernel" / "bin" / "python"
 
 LEVERS = {"execute_sleep", "history_in_memory", "quick_async_check", "skip_empty_flush",
           "plain_display", "cached_signatures", "no_debugger", "lazy_jupyter_client",
-          "no_unshown_log_records"}
+          "no_unshown_log_records", "direct_iopub"}
 
 
 def value(gw: Gateway, sid: str, code: str) -> Any:
@@ -32,11 +32,13 @@ def test_every_lever_is_applied(gw: Gateway, sid: str) -> None:
                                  "print(json.dumps(list(k._exec_gateway_tuning)))"))
     assert LEVERS <= applied, LEVERS - applied
     facts = value(gw, sid, "import json, threading\nk = get_ipython().kernel\n"
+                           "from ipykernel.kernelapp import IPKernelApp\n"
                            "print(json.dumps([k._execute_sleep, k.shell.history_manager.hist_file,"
                            " not getattr(k, 'shell_channel_thread', None),"
+                           " IPKernelApp.instance().iopub_thread.direct_sends,"
                            " sorted(t.name for t in threading.enumerate())]))")
-    sleep, hist_file, no_channel_thread, threads = facts
-    assert sleep == 0 and hist_file == ":memory:" and no_channel_thread
+    sleep, hist_file, no_channel_thread, direct_sends, threads = facts
+    assert sleep == 0 and hist_file == ":memory:" and no_channel_thread and direct_sends
     # no SQLite saving thread, no shell-channel thread (ipykernel 7)
     assert not any("History" in name or "Shell channel" in name for name in threads), threads
 
@@ -194,3 +196,23 @@ def test_stream_of_many_lines_is_complete(gw: Gateway, sid: str) -> None:
     result = gw.execute(sid, "for i in range(3000):\n    print(i, flush=True)")
     lines = result["stdout"].splitlines()
     assert lines == [str(i) for i in range(3000)], lines[:5]
+
+
+def test_output_of_several_threads_arrives_whole_and_in_order(gw: Gateway, sid: str) -> None:
+    """Direct iopub sends (kernel_iopub.py) keep every thread's output whole and in its order,
+    and the cell's own output before its result."""
+    result = gw.execute(sid, "import threading\n"
+                             "def say(n):\n"
+                             "    for i in range(300):\n"
+                             "        print(f't{n}-{i}')\n"
+                             "ts = [threading.Thread(target=say, args=(n,)) for n in range(4)]\n"
+                             "for t in ts: t.start()\n"
+                             "for i in range(300): print(f'm-{i}')\n"
+                             "for t in ts: t.join()\n"
+                             "print('end')\n7")
+    assert result["status"] == "ok" and result["outputs"][-1]["data"]["text/plain"] == "7", result
+    lines = result["stdout"].splitlines()
+    assert lines[-1] == "end" and len(lines) == 5 * 300 + 1, len(lines)
+    for who in ("t0", "t1", "t2", "t3", "m"):
+        assert [x for x in lines if x.startswith(who + "-")] == \
+            [f"{who}-{i}" for i in range(300)], who
