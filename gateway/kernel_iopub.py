@@ -19,7 +19,8 @@ no high-water mark: see ``kernel_boot.py``, sends never wait).
 
 Stand-alone on purpose (no gateway imports): the Docker kernel image ships this file next to
 ``kernel_boot.py``. ``install()`` runs after ``kernel_tuning.make_app()`` (which prepares
-ipykernel's imports) and before the app is initialized (the IOPub thread is built then); it changes nothing where ipykernel lacks the internals it relies on.
+ipykernel's imports) and before the app is initialized (the IOPub thread is built then); it
+changes nothing where ipykernel lacks the internals it relies on.
 """
 
 from __future__ import annotations

@@ -293,7 +293,7 @@ class ApiHandler(GatewayHandler):
             raise
         forwarded.labels(forward_outcome(None)).inc()
         self.set_status(answer.code)
-        for name, value in answer.headers.get_all():
+        for name, value in answer.headers:
             self.set_header(name, value)
         if answer.code == 204:
             self.clear_header("Content-Type")

@@ -39,7 +39,7 @@ _AUTH_HEADERS = ("Authorization", "X-API-Key")
 @dataclass(frozen=True)
 class Answer:
     code: int
-    headers: httputil.HTTPHeaders
+    headers: list[tuple[str, str]]
     body: bytes
 
 
@@ -80,7 +80,7 @@ def _answer_of(frame: frames.Frame) -> Answer:
     code = frame.head.get("code")
     if not isinstance(code, int) or not 100 <= code <= 599:
         raise frames.FrameError("an answer without a status")
-    return Answer(code, frames.headers_of(frame.head), frame.body)
+    return Answer(code, frames.header_pairs(frame.head), frame.body)
 
 
 class _Link(asyncio.Protocol):

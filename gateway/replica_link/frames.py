@@ -82,14 +82,20 @@ class Decoder:
             yield Frame(call, head, body)
 
 
-def headers_of(head: dict[str, Any]) -> httputil.HTTPHeaders:
-    """A head's ``headers``; raises FrameError unless they are [name, value] string pairs."""
+def header_pairs(head: dict[str, Any]) -> list[tuple[str, str]]:
+    """A head's ``headers`` as (name, value) pairs; raises FrameError unless they are
+    [name, value] string pairs."""
     value = head.get("headers")
     if not isinstance(value, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
             for p in value):
         raise FrameError("frame headers are not [name, value] string pairs")
+    return [(name, v) for name, v in value]
+
+
+def headers_of(head: dict[str, Any]) -> httputil.HTTPHeaders:
+    """A head's ``headers`` (see ``header_pairs``) as tornado's HTTPHeaders."""
     headers = httputil.HTTPHeaders()
-    for name, v in value:
+    for name, v in header_pairs(head):
         headers.add(name, v)
     return headers

@@ -133,10 +133,9 @@ class Front(httputil.HTTPServerConnectionDelegate):
 
     def settle(self, hot: Hot, answered: asyncio.Future[Answer]) -> replies.Reply | None:
         """What the client is answered; None when the owner did not take the call (nothing
-        ran: the request goes to the application as it came)."""
+        ran: the request goes to the application as it came). Counted by ``count``."""
         services = self.services
         failure = answered.exception()
-        services.metrics.forwarded.labels(forward_outcome(failure)).inc()
         if isinstance(failure, errors.Misdirected):
             services.manager.forget_location(hot.owner, hot.session_id)
             return None
@@ -150,7 +149,11 @@ class Front(httputil.HTTPServerConnectionDelegate):
             log.error("forwarding to %s failed", hot.place, exc_info=failure)
             return replies.INTERNAL_ERROR
         answer = answered.result()
-        return answer.code, list(answer.headers.get_all()), answer.body
+        return answer.code, answer.headers, answer.body
+
+    def count(self, answered: asyncio.Future[Answer]) -> None:
+        """The forwarded call's outcome in the metrics (once its client has its answer)."""
+        self.services.metrics.forwarded.labels(forward_outcome(answered.exception())).inc()
 
     def track(self, task: asyncio.Future[Any]) -> None:
         """Keep a task of a call's alive until it is done."""
@@ -209,6 +212,7 @@ class _Call(httputil.HTTPMessageDelegate):
             self.front.track(asyncio.ensure_future(self._replay()))
         else:
             self._answer(*reply)
+        self.front.count(answered)
 
     def _answer(self, code: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
         if self.closed or self.request_conn is None:

@@ -137,13 +137,15 @@ class Lane:
                 self._low_water(size)
                 self._arm(self.front.services.settings.body_timeout_s)
             return
+        # onto the link first (the owner starts on it while this lane does its bookkeeping;
+        # the answer never comes back within this call)
+        self.front.forward(hot, start_line.path, headers, data[head:size], functools.partial(
+            self._answered, hot, start_line, size, time.monotonic()))
         if self.low_water != 1:
             self._low_water(1)
         self._unwatch()  # (its bytes stay there, unread, until it is answered)
         self._disarm()
         self.server.idle(self, False)
-        self.front.forward(hot, start_line.path, headers, data[head:size], functools.partial(
-            self._answered, hot, start_line, size, time.monotonic()))
 
     def _low_water(self, size: int) -> None:
         self.low_water = size
@@ -171,10 +173,10 @@ class Lane:
     def _answer(self, hot: Hot, start_line: httputil.RequestStartLine, size: int,
                 started: float, answered: asyncio.Future[Answer]) -> None:
         reply = self.front.settle(hot, answered)
-        if self.closed:
-            return
-        if reply is None:  # nothing ran: tornado serves the request, still unread
-            self._give_back()
+        if self.closed or reply is None:
+            self.front.count(answered)
+            if not self.closed:  # nothing ran: tornado serves the request, still unread
+                self._give_back()
             return
         try:
             response = replies.encode(*reply)
@@ -182,7 +184,8 @@ class Lane:
             log.exception("forwarding to %s failed", hot.place)
             response = replies.encode(*replies.INTERNAL_ERROR)
         try:
-            sent = self.sock.send(response)
+            sent = self.sock.send(response)  # (the bookkeeping below: after the client has it)
+            self.front.count(answered)
             self._take(size)
         except OSError:  # the client went away
             self.close()
