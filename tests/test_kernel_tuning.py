@@ -216,3 +216,24 @@ def test_output_of_several_threads_arrives_whole_and_in_order(gw: Gateway, sid: 
     for who in ("t0", "t1", "t2", "t3", "m"):
         assert [x for x in lines if x.startswith(who + "-")] == \
             [f"{who}-{i}" for i in range(300)], who
+
+
+def test_displays_sent_from_several_threads_at_once_all_arrive(gw: Gateway, sid: str) -> None:
+    """Threads publishing on iopub themselves (``display``: no stream buffer in between) take
+    the socket's lock in turn with the IOPub thread (kernel_iopub.py): nothing lost, each
+    thread's messages in its order."""
+    result = gw.execute(sid, "import threading\nfrom IPython.display import display\n"
+                             "def show(n):\n"
+                             "    for i in range(150):\n"
+                             "        display(f'd{n}-{i}')\n"
+                             "ts = [threading.Thread(target=show, args=(n,)) for n in range(4)]\n"
+                             "for t in ts: t.start()\n"
+                             "show(9)\n"
+                             "for t in ts: t.join()")
+    assert result["status"] == "ok", result
+    shown = [o["data"]["text/plain"].strip("'") for o in result["outputs"]
+             if o.get("type", o.get("output_type")) == "display_data"]
+    assert len(shown) == 5 * 150, len(shown)
+    for n in (0, 1, 2, 3, 9):
+        assert [x for x in shown if x.startswith(f"d{n}-")] == \
+            [f"d{n}-{i}" for i in range(150)], n
