@@ -185,6 +185,7 @@ class Health(Answer):
     status: str
     version: str
     launcher: str
+    launcher_details: dict[str, str] = {}  # Docker: env_volume (filling, ready, ...)
     registry: str
     sessions: int
     max_sessions: int
