@@ -302,7 +302,7 @@ while True:
         started = time.perf_counter()
         assert gw.http.delete(f"/v1/sessions/{sid}").status_code == 204
         assert time.perf_counter() - started < 5.0
-        assert not docker_client.containers.list(all=True, filters={"id": container.id})
+        assert not docker_client.api.containers(all=True, filters={"id": container.id})
     finally:
         gw.http.delete(f"/v1/sessions/{other}")
 
@@ -345,7 +345,7 @@ def test_delete_removes_the_container_and_socket_dir(
     socket_dir = Path(c.labels["exec-gateway.socket_dir"])
     assert socket_dir.is_dir()
     assert gw.http.delete(f"/v1/sessions/{sid}").status_code == 204
-    assert not docker_client.containers.list(all=True, filters={"id": c.id})
+    assert not docker_client.api.containers(all=True, filters={"id": c.id})
     assert not socket_dir.exists()
 
 

@@ -130,8 +130,8 @@ def test_an_interrupted_copy_is_thrown_away_and_redone(docker_client: Any) -> No
                                     read_only=True, no_copy=True)]).decode()
         assert "leftover" not in listing and "base" in listing and listing.endswith("42\n")
         assert docker_client.volumes.get(name + envvolume.READY_SUFFIX)
-        assert not docker_client.containers.list(all=True, filters={"name": f"{name}-fill"})
-        assert not docker_client.containers.list(all=True, filters={"id": copier["Id"]})
+        assert not docker_client.api.containers(all=True, filters={"name": f"{name}-fill"})
+        assert not docker_client.api.containers(all=True, filters={"id": copier["Id"]})
     finally:
         for volume in (name, name + envvolume.READY_SUFFIX):
             try:
@@ -155,13 +155,13 @@ def test_a_gateway_stopping_mid_copy_leaves_no_filler_behind(docker_client: Any)
     filler = {"name": f"{name}-fill"}
     try:
         copying.start()
-        wait_until(lambda: docker_client.containers.list(all=True, filters=filler), 30, 0.05)
+        wait_until(lambda: docker_client.api.containers(all=True, filters=filler), 30, 0.05)
         volumes.close(docker_client)  # (the copy is still running)
-        assert not docker_client.containers.list(all=True, filters=filler)
+        assert not docker_client.api.containers(all=True, filters=filler)
         copying.join(120)
         assert envvolume._fill(api, image_id, name, "/opt/kernel") is True  # no wait
         assert docker_client.volumes.get(name + envvolume.READY_SUFFIX)
-        assert not docker_client.containers.list(all=True, filters=filler)
+        assert not docker_client.api.containers(all=True, filters=filler)
     finally:
         copying.join(120)
         for volume in (name, name + envvolume.READY_SUFFIX):

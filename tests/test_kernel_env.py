@@ -116,13 +116,13 @@ def test_a_listing_cut_short_leaves_no_container(docker_client: Any) -> None:
     def running() -> bool:
         if asking.poll() is not None:
             raise AssertionError(f"the listing ended early: {asking.communicate()[1]!r}")
-        return bool(docker_client.containers.list(filters={**label, "status": "running"}))
+        return bool(docker_client.api.containers(filters={**label, "status": "running"}))
 
     try:
         wait_until(running, 60, 0.05)
     finally:
         asking.kill()
         asking.wait(10)
-    assert docker_client.containers.list(all=True, filters=label)  # (still running)
-    assert not docker_client.containers.list(all=True, filters={"id": never_started})
-    wait_until(lambda: not docker_client.containers.list(all=True, filters=label), 30, 0.2)
+    assert docker_client.api.containers(all=True, filters=label)  # (still running)
+    assert not docker_client.api.containers(all=True, filters={"id": never_started})
+    wait_until(lambda: not docker_client.api.containers(all=True, filters=label), 30, 0.2)

@@ -185,9 +185,15 @@ class Lane:
             response = replies.encode(*replies.INTERNAL_ERROR)
         try:
             sent = self.sock.send(response)  # (the bookkeeping below: after the client has it)
-            self.front.count(answered)
-            self._take(size)
-        except OSError:  # the client went away
+        except OSError:  # the client went away (the owner did answer: counted as such)
+            sent = -1
+        self.front.count(answered)
+        try:
+            if sent >= 0:
+                self._take(size)
+        except OSError:
+            sent = -1
+        if sent < 0:
             self.close()
             return
         log_access(reply[0], start_line.method, start_line.path, time.monotonic() - started)
