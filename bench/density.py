@@ -132,7 +132,7 @@ async def density_section(config: BenchConfig, results: dict[str, Any],
     active: Executor | None = None
     started = time.perf_counter()
     try:
-        out["env_volume_wait_s"] = round(await wait_for_env_volume(gw), 2)  # the steady state
+        out["env_volume"] = await wait_for_env_volume(gw)  # the steady state
         active = await RestTarget(gw, DENSITY).start()
         await warm(active, 5)
         await asyncio.sleep(1.0)

@@ -117,13 +117,19 @@ async def wait_for_pool(gw: GatewayProcess, size: int, timeout_s: float = 60.0) 
                           lambda h: bool(h.get("pool_size", 0) >= size), timeout_s)
 
 
-async def wait_for_env_volume(gw: GatewayProcess, timeout_s: float = 300.0) -> float:
-    """Poll a docker gateway's ``/healthz`` until its kernel env volume is ready (or the image
-    has none): kernels started while it is filled read the image's own files, slower. Returns
-    the seconds waited. Raises BenchError."""
-    return await wait_for_health(
-        gw, "kernel env volume ready", lambda h: h.get("launcher_details", {}).get(
-            "env_volume") in ("ready", "none", "off"), timeout_s)
+async def wait_for_env_volume(gw: GatewayProcess, timeout_s: float = 300.0
+                              ) -> dict[str, Any]:
+    """Poll a docker gateway's ``/healthz`` until its kernel env volume is settled (ready, or
+    none/off/failed: then kernels read the image's own files): kernels started while it is
+    filled read those too, slower. Returns ``{"wait_s", "state"}``. Raises BenchError."""
+    seen: dict[str, Any] = {}
+
+    def settled(health: dict[str, Any]) -> bool:
+        seen["state"] = health.get("launcher_details", {}).get("env_volume")
+        return seen["state"] in ("ready", "none", "off", "failed")
+
+    waited = await wait_for_health(gw, "kernel env volume settled", settled, timeout_s)
+    return {"wait_s": round(waited, 2), "state": seen["state"]}
 
 
 class RestSession:

@@ -43,11 +43,15 @@ def install() -> bool:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._socket_lock = threading.Lock()
+            # the IOPub thread's selector (its select is wrapped), None: stock behaviour
+            self._selector = getattr(getattr(self.io_loop, "asyncio_loop", None), "_selector",
+                                     None) if hasattr(self, "_events") else None
+            self.direct_capable = self._selector is not None
             self.direct_sends = False  # True once the IOPub thread holds the lock
 
         def _thread_main(self) -> None:
-            selector = getattr(getattr(self.io_loop, "asyncio_loop", None), "_selector", None)
-            if selector is None or not hasattr(self, "_events"):
+            selector = self._selector
+            if selector is None:
                 return super()._thread_main()  # type: ignore[no-any-return]
             lock, wait = self._socket_lock, selector.select
 

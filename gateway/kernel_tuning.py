@@ -182,7 +182,7 @@ def tune(app: Any) -> list[str]:
         applied.append("plain_display")
     if _cache_signatures():
         applied.append("cached_signatures")
-    if hasattr(getattr(app, "iopub_thread", None), "direct_sends"):  # kernel_iopub.py
+    if getattr(getattr(app, "iopub_thread", None), "direct_capable", False):  # kernel_iopub.py
         applied.append("direct_iopub")
     if isinstance(getattr(app, "shell_channel_thread", None), _NoShellChannel):
         applied.append("no_shell_channel_thread")

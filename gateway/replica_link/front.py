@@ -208,11 +208,11 @@ class _Call(httputil.HTTPMessageDelegate):
     def _answered(self, answered: asyncio.Future[Answer]) -> None:
         assert self.hot is not None
         reply = self.front.settle(self.hot, answered)
+        self.front.count(answered)
         if reply is None:
             self.front.track(asyncio.ensure_future(self._replay()))
         else:
             self._answer(*reply)
-        self.front.count(answered)
 
     def _answer(self, code: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
         if self.closed or self.request_conn is None:

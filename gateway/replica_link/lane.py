@@ -184,16 +184,12 @@ class Lane:
             log.exception("forwarding to %s failed", hot.place)
             response = replies.encode(*replies.INTERNAL_ERROR)
         try:
-            sent = self.sock.send(response)  # (the bookkeeping below: after the client has it)
-        except OSError:  # the client went away (the owner did answer: counted as such)
-            sent = -1
-        self.front.count(answered)
-        try:
-            if sent >= 0:
-                self._take(size)
-        except OSError:
-            sent = -1
-        if sent < 0:
+            try:
+                sent = self.sock.send(response)  # (the bookkeeping: after the client has it)
+            finally:
+                self.front.count(answered)  # the owner answered, the client there or not
+            self._take(size)
+        except OSError:  # the client went away
             self.close()
             return
         log_access(reply[0], start_line.method, start_line.path, time.monotonic() - started)
