@@ -201,13 +201,15 @@ def test_stream_of_many_lines_is_complete(gw: Gateway, sid: str) -> None:
 def test_output_of_several_threads_arrives_whole_and_in_order(gw: Gateway, sid: str) -> None:
     """Direct iopub sends (kernel_iopub.py) keep every thread's output whole and in its order,
     and the cell's own output before its result."""
-    result = gw.execute(sid, "import threading\n"
+    # one write per line (print writes the text and the newline apart: threads may interleave
+    # between the two, in any Python)
+    result = gw.execute(sid, "import sys, threading\n"
                              "def say(n):\n"
                              "    for i in range(300):\n"
-                             "        print(f't{n}-{i}')\n"
+                             "        sys.stdout.write(f't{n}-{i}\\n')\n"
                              "ts = [threading.Thread(target=say, args=(n,)) for n in range(4)]\n"
                              "for t in ts: t.start()\n"
-                             "for i in range(300): print(f'm-{i}')\n"
+                             "for i in range(300): sys.stdout.write(f'm-{i}\\n')\n"
                              "for t in ts: t.join()\n"
                              "print('end')\n7")
     assert result["status"] == "ok" and result["outputs"][-1]["data"]["text/plain"] == "7", result
