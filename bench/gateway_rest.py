@@ -138,8 +138,9 @@ class RestSession:
     there, over a second connection, and ``gw`` forwards every execute to it."""
 
     def __init__(self, gw: GatewayProcess, session_id: str,
-                 owner: GatewayProcess | None = None) -> None:
+                 owner: GatewayProcess | None = None, attached: bool = False) -> None:
         self.session_id = session_id
+        self.attached = attached  # someone else's session: never created or deleted here
         self._conn = gw.connection()
         self._owner_conn = self._conn if owner is None else owner.connection()
         self._execute_path = f"/v1/sessions/{session_id}/execute"
@@ -172,6 +173,9 @@ class RestSession:
                           last_stdout_at=at)
 
     async def close(self) -> None:
+        if self.attached:
+            await self._conn.close()
+            return
         try:
             async with asyncio.timeout(30):
                 await self._owner_conn.request("DELETE", f"/v1/sessions/{self.session_id}")
@@ -185,16 +189,21 @@ class RestSession:
 class RestTarget:
     """Sessions created with ``POST /v1/sessions`` and driven with ``POST .../execute`` on
     ``gw`` (created on ``owner`` instead when given: ``gw`` then forwards each call there).
-    The server CPU per call is ``gw``'s."""
+    With ``session_id``, that one existing session instead (several targets can share it: a
+    comparison without a second kernel's own speed in it). The server CPU per call is
+    ``gw``'s."""
 
     def __init__(self, gw: GatewayProcess, name: str = "gateway_rest",
-                 owner: GatewayProcess | None = None) -> None:
+                 owner: GatewayProcess | None = None, session_id: str | None = None) -> None:
         self.gw = gw
         self.owner = owner
         self.name = name
+        self.session_id = session_id
         self.server_pid: int | None = gw.pid
 
     async def start(self) -> RestSession:
+        if self.session_id is not None:
+            return RestSession(self.gw, self.session_id, attached=True)
         session = RestSession(self.gw, f"bench-{secrets.token_hex(6)}", self.owner)
         try:
             await session.create()

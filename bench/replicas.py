@@ -5,7 +5,8 @@ B (local launcher, pool off, same token, distinct instance ids, one key prefix).
 is created on A; the *direct* targets talk to A, the *forwarded* ones to B, which forwards each
 REST call on its replica link to A (and relays each ``/v1`` WebSocket frame). Whether B really
 forwarded is checked from both gateways' ``gateway_executes_total``: B must have executed
-nothing.
+nothing. The *pipe* target talks to A through a byte pipe in its own process (``bench.pipe``):
+what any forwarder costs at the least on this machine, before it does anything.
 """
 
 from __future__ import annotations
@@ -17,17 +18,25 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench.config import BenchConfig
-from bench.gateway_rest import GatewayProcess, RestTarget, start_gateway, stop_gateway
+from bench.gateway_rest import (
+    GatewayProcess,
+    RestSession,
+    RestTarget,
+    start_gateway,
+    stop_gateway,
+)
+from bench.pipe import start_pipe
 from bench.procs import ProcessTracker, free_port
 from bench.report import (
     REPLICA_REST_DIRECT,
     REPLICA_REST_FORWARDED,
     REPLICA_REST_MEMORY,
+    REPLICA_REST_PIPE,
     REPLICA_V1_DIRECT,
     REPLICA_V1_FORWARDED,
 )
@@ -136,16 +145,31 @@ async def replicas_section(config: BenchConfig, results: dict[str, Any],
         a, b = gws
         gws.append(await start_gateway(tracker, logs / "gateway-memory-registry.log",
                                        gateway_settings(config, 8)))
+        gws.append(await start_pipe(tracker, a, logs / "pipe.log"))
         out.update(instance_ids=ids, key_prefix=shared["redis_key_prefix"],
                    registry=json.loads(await _get(a, "/healthz"))["registry"])
+        # the REST calls direct, forwarded and piped all go to one session on A: each kernel
+        # has a speed of its own (two sessions on one gateway differ by up to 10 % in p50
+        # here), which would be in the ratio otherwise
+        rest = RestSession(a, f"bench-{secrets.token_hex(6)}")
+        await rest.create()
         targets: list[Target] = [
-            RestTarget(a, REPLICA_REST_DIRECT), RestTarget(b, REPLICA_REST_FORWARDED, owner=a),
+            RestTarget(a, REPLICA_REST_DIRECT, session_id=rest.session_id),
+            RestTarget(b, REPLICA_REST_FORWARDED, session_id=rest.session_id),
+            RestTarget(gws[3], REPLICA_REST_PIPE, session_id=rest.session_id),  # the floor
             V1WsTarget(a, REPLICA_V1_DIRECT), V1WsTarget(b, REPLICA_V1_FORWARDED, owner=a),
             RestTarget(gws[2], REPLICA_REST_MEMORY),  # what the Redis registry costs A
         ]
         before = [await executes_total(gw) for gw in gws[:2]]
         log("  replicas: direct vs forwarded latency")
-        out["latency"] = await warm_latency(config, targets)
+        try:
+            # blocks of 10 calls: this machine's speed drifts within seconds (block medians
+            # from 2.2 to 4.9 ms in one run), and a ratio of near-equal figures needs the drift
+            # to hit every target alike
+            out["latency"] = await warm_latency(
+                replace(config, rounds=max(config.rounds, config.iterations // 10)), targets)
+        finally:
+            await rest.close()
         served = [await executes_total(gw) - n for gw, n in zip(gws[:2], before, strict=True)]
         out["executes_served"] = {"a": int(served[0]), "b": int(served[1])}
         if served[1]:

@@ -19,6 +19,7 @@ DOCKER, DOCKER_LOCAL = "docker_rest", "local_rest"  # the docker section's two g
 REPLICA_REST_DIRECT, REPLICA_REST_FORWARDED = "replica_rest_direct", "replica_rest_forwarded"
 REPLICA_V1_DIRECT, REPLICA_V1_FORWARDED = "replica_v1_ws_direct", "replica_v1_ws_forwarded"
 REPLICA_REST_MEMORY = "replica_rest_memory"  # a gateway on the memory registry, interleaved
+REPLICA_REST_PIPE = "replica_rest_pipe"  # to A through a byte pipe process: the relay floor
 REPLICA_PAIRS = (("rest", REPLICA_REST_FORWARDED, REPLICA_REST_DIRECT, "REST forwarded"),
                  ("v1ws", REPLICA_V1_FORWARDED, REPLICA_V1_DIRECT, "/v1 WS relayed"))
 FRONT_DOORS = ((REST, "rest"), (V1, "v1ws"), (JUP, "jupyter"), (KG, "kg"))
@@ -115,6 +116,10 @@ def derive(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
         r[f"replicas_server_cpu_{key}_forwarder_vs_owner"] = ratio(
             _get(rlat, forwarded, "server_cpu_ms_per_call"),
             _get(rlat, direct, "server_cpu_ms_per_call"))
+    r["replicas_p50_rest_pipe_vs_direct"] = ratio(_get(rlat, REPLICA_REST_PIPE, "p50"),
+                                                  _get(rlat, REPLICA_REST_DIRECT, "p50"))
+    r["replicas_p50_rest_forwarded_vs_pipe"] = ratio(_get(rlat, REPLICA_REST_FORWARDED, "p50"),
+                                                     _get(rlat, REPLICA_REST_PIPE, "p50"))
     r["replicas_p50_rest_direct_vs_memory_rest"] = ratio(_get(rlat, REPLICA_REST_DIRECT, "p50"),
                                                          _get(rlat, REPLICA_REST_MEMORY, "p50"))
     dens = density_figures(results)
@@ -192,6 +197,10 @@ def _headline_rows(results: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
         if v is not None:
             rows.append((f"* replica execute {q} ms: REST forwarded vs direct", v, ref,
                          ratio(v, ref)))
+    v, ref = _get(rlat, REPLICA_REST_PIPE, "p50"), _get(rlat, REPLICA_REST_DIRECT, "p50")
+    if v is not None:
+        rows.append(("* replica execute p50 ms: REST via a byte pipe (the floor) vs direct", v,
+                     ref, ratio(v, ref)))
     for name in (REST, V1, JUP):
         v, ref = (_get(lat, name, "server_cpu_ms_per_call"),
                   _get(lat, RAW, "client_cpu_ms_per_call"))
@@ -250,6 +259,13 @@ def _replicas_rows(rp: dict[str, Any], lat: dict[str, Any]) -> list[tuple[str, A
             if v is not None:
                 rows.append((f"replica execute {q} ms: {label} vs direct", v, ref,
                              ratio(v, ref)))
+    pipe = _get(rlat, REPLICA_REST_PIPE, "p50")
+    if pipe is not None:  # the floor: one more process and two loopback hops, nothing done
+        v, ref = _get(rlat, REPLICA_REST_DIRECT, "p50"), _get(rlat, REPLICA_REST_FORWARDED, "p50")
+        rows.append(("replica execute p50 ms: REST via a byte pipe vs direct", pipe, v,
+                     ratio(pipe, v)))
+        rows.append(("replica execute p50 ms: REST forwarded vs via a byte pipe", ref, pipe,
+                     ratio(ref, pipe)))
     v, ref = _get(rlat, REPLICA_REST_DIRECT, "p50"), _get(rlat, REPLICA_REST_MEMORY, "p50")
     if v is not None:
         rows.append(("REST p50 ms: redis registry vs memory registry", v, ref, ratio(v, ref)))

@@ -177,6 +177,56 @@ def test_split_and_pipelined_requests_on_a_lane(
     assert front.seen == [] and front.forwarded("answered") == 6
 
 
+STRICT = (b"POST /v1/sessions/s/execute HTTP/1.1\r\nHost: front\r\nX-Empty:\r\n"
+          b"X-Spaced: \t a  b \t\r\nContent-Length: 2\r\n\r\n{}")
+
+
+@pytest.mark.parametrize("head", [
+    STRICT.replace(b"Host: front\r\n", b"Host: front\r\n continued\r\n"),  # folded
+    STRICT.replace(b"Host: front\r\n", b"Host: front\nX-Lf: 1\r\n"),  # a bare LF
+    STRICT.replace(b"Host: front", b"Host: front\r\ncontent-length: 2"),  # a field twice
+    STRICT.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    STRICT.replace(b"front", b"caf\xc3\xa9"),  # bytes outside visible ASCII
+    STRICT.replace(b"Host: ", b"Host : "),  # space before the colon
+    STRICT.replace(b"X-Empty:", b"X Empty:"),  # not a token
+    STRICT.replace(b"POST /v1", b"POST  /v1"),
+    STRICT.replace(b"\r\n\r\n", b"\r\n"),  # the head not all there
+    b"\r\n\r\n",
+])
+def test_the_lane_reads_only_strict_heads(head: bytes) -> None:
+    from gateway.replica_link.lane import _request_in
+    assert _request_in(head) is None  # (tornado's to read, or refuse)
+
+
+def test_a_strict_head_reads_as_tornado_reads_it() -> None:
+    from tornado import httputil
+
+    from gateway.replica_link.lane import _request_in
+    request = _request_in(STRICT)
+    assert request is not None
+    start_line, headers, size = request
+    first, _, rest = STRICT[:size - 4].decode().partition("\r\n")
+    assert start_line == httputil.parse_request_start_line(first)
+    assert sorted(headers.get_all()) == sorted(httputil.HTTPHeaders.parse(rest).get_all())
+    assert STRICT[size:] == b"{}"
+
+
+def test_a_request_the_lane_leaves_alone_still_reaches_tornado(
+        make_front: Callable[..., FrontServer], owners: tuple[Gateway, Gateway]) -> None:
+    front = make_front()
+    raw = a_lane(front, owners[0], "n = 1; n", "1")
+    try:
+        # legal, not strict: tornado reads it (and forwards it, its hot path)
+        raw.send(request("n += 1; n", **{"X-Note": "caf\u00e9"}))
+        assert raw.value() == "2"
+        raw.send(request("n += 1; n").replace(b"Host: front", b"Host: front\r\nContent-Length: 1"))
+        assert raw.answer()[0] == 400  # two lengths: tornado refuses
+        assert raw.closed()
+    finally:
+        raw.close()
+    assert front.seen == [] and front.forwarded("answered") == 2
+
+
 def test_a_call_the_owner_did_not_take_goes_to_the_application_with_its_body(
         make_front: Callable[..., FrontServer], owners: tuple[Gateway, Gateway]) -> None:
     """On a lane, a session that moved (the remembered owner answers 421): nothing ran there,

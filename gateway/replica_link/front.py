@@ -100,6 +100,7 @@ class Front(httputil.HTTPServerConnectionDelegate):
         self.server: HTTPServer | None = None
         self.calls: set[asyncio.Future[Any]] = set()  # tasks of calls not answered yet
         self.lanes: set[Lane] = set()
+        self._counters: dict[str, Any] = {}  # the forwarded-calls counter of each outcome
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection
                       ) -> httputil.HTTPMessageDelegate:
@@ -153,7 +154,11 @@ class Front(httputil.HTTPServerConnectionDelegate):
 
     def count(self, answered: asyncio.Future[Answer]) -> None:
         """The forwarded call's outcome in the metrics (once its client has its answer)."""
-        self.services.metrics.forwarded.labels(forward_outcome(answered.exception())).inc()
+        outcome = forward_outcome(answered.exception())
+        counter = self._counters.get(outcome)
+        if counter is None:
+            counter = self._counters[outcome] = self.services.metrics.forwarded.labels(outcome)
+        counter.inc()
 
     def track(self, task: asyncio.Future[Any]) -> None:
         """Keep a task of a call's alive until it is done."""
