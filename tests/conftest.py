@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -29,6 +29,22 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+KERNEL_PYTHON = ROOT / ".venv-kernel" / "bin" / "python"  # the local kernels' environment
+
+
+def unavailable(why: str) -> NoReturn:
+    """What a test needs is not on this machine: a failure in CI (CI=true: there it is a
+    broken build, never a skip), a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def require_kernel_env() -> Path:
+    """The local kernels' Python (``make kernel-env``), or ``unavailable``."""
+    if not KERNEL_PYTHON.exists():
+        unavailable("the local kernels' environment is missing: run `make kernel-env`")
+    return KERNEL_PYTHON
 
 
 def free_port() -> int:
@@ -186,10 +202,8 @@ def require_docker() -> Any:
         client.ping()
         client.images.get(DOCKER_IMAGE)
     except Exception as exc:
-        why = f"Docker engine or image {DOCKER_IMAGE} unavailable ({exc}); run `make kernel-image`"
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
+        unavailable(f"Docker engine or image {DOCKER_IMAGE} unavailable ({exc}); "
+                    "run `make kernel-image`")
     return client
 
 
@@ -573,10 +587,7 @@ def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     Skips without redis-server, or fails in CI (scripts/test-deps.sh installs it)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        message = "redis-server is not installed (scripts/test-deps.sh installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("redis-server is not installed (scripts/test-deps.sh installs it)")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir)],
@@ -644,10 +655,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     binary, or fails in CI (scripts/test-deps.sh builds it with cargo)."""
     binary = s3s_fs_binary()
     if binary is None:
-        message = "s3s-fs is not installed (scripts/test-deps.sh builds it with cargo)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("s3s-fs is not installed (scripts/test-deps.sh builds it with cargo)")
     root = tmp_path_factory.mktemp("s3")
     port = free_port()
     server = S3Server(f"http://127.0.0.1:{port}", "egw-test", secrets.token_hex(16),

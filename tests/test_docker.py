@@ -13,18 +13,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from gateway.launchers.docker import SECCOMP_PROFILE
 from tests.conftest import (
-    IN_CI,
     LABEL_GATEWAY,
     Gateway,
     containers_of,
     docker_instance_id,
     start_gateway,
+    unavailable,
     wait_until,
 )
 
@@ -409,11 +409,11 @@ def test_non_root_gateway_reaches_its_kernels(gateway_factory: Any, docker_clien
     right to connect to a socket, so the group permissions are what is tested."""
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
-        _unable("starting the gateway as another user needs root and setpriv")
+        unavailable("starting the gateway as another user needs root and setpriv")
     try:
         docker_gid = grp.getgrnam("docker").gr_gid
     except KeyError:
-        _unable("no docker group to give a non-root gateway access to the engine")
+        unavailable("no docker group to give a non-root gateway access to the engine")
     uid = gid = 4242
     runtime_dir = tempfile.mkdtemp(prefix="egn-", dir="/tmp")
     os.chown(runtime_dir, uid, gid)
@@ -516,8 +516,3 @@ def test_docker_seccomp_profile_setting_replaces_the_bundled_profile(
     gw.http.delete("/v1/sessions/custom")
 
 
-def _unable(why: str) -> NoReturn:
-    """A test this machine cannot run: a failure in CI (CI=true), a skip elsewhere."""
-    if IN_CI:
-        pytest.fail(why)
-    pytest.skip(why)

@@ -5,7 +5,6 @@ launchers, through a gateway restart (Redis) and on another replica (S3)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import (
+    DOCKER_IMAGE,
     Gateway,
     S3Server,
     containers_of,
@@ -22,8 +22,6 @@ from tests.conftest import (
     wait_until,
 )
 from tests.wheels import build_index
-
-DOCKER_IMAGE = os.environ.get("GATEWAY_DOCKER_IMAGE", "exec-gateway-kernel:latest")
 
 SETUP = """
 import numpy as np

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import Connect, Gateway, docker_instance_id
+from tests.conftest import Connect, Gateway, containers_of, docker_instance_id
 
 FORGE = """
 import json as _json
@@ -177,9 +177,9 @@ def test_unresponsive_kernels_do_not_keep_a_restarted_gateway_deaf(
         first.execute("alive", "x = 'kept'")
         for i in range(3):
             first.execute(f"frozen{i}", "1")
-        for container in docker_client.containers.list(
-                filters={"label": f"exec-gateway.gateway={instance}"}):
-            if container.labels.get("exec-gateway.session_id", "").startswith("frozen"):
+        for container in containers_of(docker_client, instance):
+            if container.status == "running" \
+                    and container.labels.get("exec-gateway.session_id", "").startswith("frozen"):
                 init = psutil.Process(container.attrs["State"]["Pid"])
                 for kernel in init.children(recursive=True):  # running, but never answering
                     kernel.send_signal(signal.SIGSTOP)

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
-from tests.conftest import IN_CI, Gateway, free_port, wait_until
+from tests.conftest import Gateway, free_port, unavailable, wait_until
 from tests.test_page import CHROMIUM_FLAGS, poll
 
 NOTEBOOK = "restart.ipynb"
@@ -29,10 +29,8 @@ CELLS = ["x = 1\nx", "'x' in dir()"]
 
 
 def _missing(why: str) -> NoReturn:
-    why += "; run `bash scripts/install-browser.sh` and `pip install -e .[test]` (jupyterlab)"
-    if IN_CI:
-        pytest.fail(why)
-    pytest.skip(why)
+    unavailable(why + "; run `bash scripts/install-browser.sh` and `pip install -e .[test]` "
+                "(jupyterlab)")
 
 
 @dataclass

@@ -15,14 +15,13 @@ import pytest
 
 from tests.conftest import (
     DOCKER_IMAGE,
-    IN_CI,
     ROOT,
     Gateway,
     docker_instance_id,
+    require_kernel_env,
     wait_until,
 )
 
-KERNEL_PYTHON = ROOT / ".venv-kernel" / "bin" / "python"
 STACK = ("numpy", "pandas", "scipy", "sympy", "matplotlib", "scikit-learn")
 
 
@@ -33,12 +32,7 @@ def pins() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def kernel_python() -> Path:
-    if not KERNEL_PYTHON.exists():
-        why = "the local kernels' environment is missing: run `make kernel-env`"
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
-    return KERNEL_PYTHON
+    return require_kernel_env()
 
 
 def libraries(gw: Gateway) -> dict[str, str]:

@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, ROOT, Connect, Gateway, docker_instance_id
-
-KERNEL_PYTHON = ROOT / ".venv-kernel" / "bin" / "python"
+from tests.conftest import Connect, Gateway, docker_instance_id, require_kernel_env
 
 LEVERS = {"execute_sleep", "history_in_memory", "quick_async_check", "skip_empty_flush",
           "plain_display", "cached_signatures", "no_debugger", "lazy_jupyter_client",
@@ -118,12 +116,7 @@ def stack_gw(request: pytest.FixtureRequest, gateway_factory: Any) -> Gateway:
         request.getfixturevalue("docker_client")  # (fails in CI when there is no engine)
         gw: Gateway = gateway_factory(launcher="docker", instance_id=docker_instance_id("stk"))
         return gw
-    if not KERNEL_PYTHON.exists():
-        why = "the local kernels' environment is missing: run `make kernel-env`"
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
-    local: Gateway = gateway_factory(kernel_python=str(KERNEL_PYTHON))
+    local: Gateway = gateway_factory(kernel_python=str(require_kernel_env()))
     return local
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 import re
 import secrets
 import time
@@ -18,37 +17,21 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
-    IN_CI,
+    DOCKER_IMAGE,
     Gateway,
     connect_kernel,
     containers_of,
     docker_instance_id,
     launcher_gateway,
     remove_runtime_dir,
+    require_docker,
     start_gateway,
     wait_until,
 )
 from tests.wheels import build_index
 
-# the image to run Docker kernels from (one built with kernel_pip.py: kernel_image/build.sh)
-IMAGE = os.environ.get("GATEWAY_DOCKER_IMAGE", "exec-gateway-kernel:latest")
 LAUNCHERS = [pytest.param("local", id="local"),
              pytest.param("docker", id="docker", marks=pytest.mark.docker)]
-
-
-def require_image() -> Any:
-    """A docker client when the engine and ``IMAGE`` are here; else skip (fail in CI)."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=30)
-        client.images.get(IMAGE)
-    except Exception as exc:
-        why = f"Docker engine or image {IMAGE} unavailable ({exc}); run `make kernel-image`"
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
-    return client
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +52,9 @@ def pgw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         index: dict[str, Any]) -> Iterator[Gateway]:
     """One gateway per launcher for the module, installing from the test index only."""
     docker = request.param == "docker"
-    client = require_image() if docker else None
-    extra = {"instance_id": docker_instance_id("pkg"), "docker_image": IMAGE} if docker else {}
+    client = require_docker() if docker else None
+    extra = {"instance_id": docker_instance_id("pkg"),
+             "docker_image": DOCKER_IMAGE} if docker else {}
     with launcher_gateway(request.param, tmp_path_factory.mktemp("gw"), client,
                           **package_settings(index), **extra) as gateway:
         yield gateway
@@ -313,13 +297,13 @@ async def test_pip_magic_over_the_v1_websocket(pgw: Gateway, new_sid: Any, conne
 @pytest.mark.slow
 def test_packages_survive_a_gateway_restart_with_redis_and_docker(
         tmp_path: Path, redis_url: str, index: dict[str, Any]) -> None:
-    client = require_image()
+    client = require_docker()
     instance = docker_instance_id("pkgkeep")
     runtime = f"/tmp/egk-{secrets.token_hex(3)}"
     settings = package_settings(index, launcher="docker", registry_url=redis_url,
                                 instance_id=instance, redis_key_prefix=f"{instance}:",
                                 runtime_dir=runtime, token=secrets.token_urlsafe(24),
-                                pool_size=0, docker_image=IMAGE)
+                                pool_size=0, docker_image=DOCKER_IMAGE)
     first = start_gateway(tmp_path, **dict(settings))
     try:
         assert first.http.post("/v1/sessions", json={"session_id": "keep"}).status_code == 201

@@ -9,11 +9,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
-from tests.conftest import IN_CI, Gateway
+from tests.conftest import Gateway, unavailable
 
 SCREENSHOT_COPY = Path("/tmp/exec-gateway-page.png")
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -21,11 +21,8 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--disable-sync", "--no-first-run", "--window-size=1360,900"]
 
 
-def _missing(why: str) -> None:
-    why += "; run `bash scripts/install-browser.sh` (and `pip install selenium`)"
-    if IN_CI:
-        pytest.fail(why)
-    pytest.skip(why)
+def _missing(why: str) -> NoReturn:
+    unavailable(why + "; run `bash scripts/install-browser.sh` (and `pip install selenium`)")
 
 
 @pytest.fixture

@@ -11,7 +11,14 @@ import time
 
 import pytest
 
-from tests.conftest import IN_CI, ROOT, Gateway, docker_instance_id, wait_until
+from tests.conftest import (
+    ROOT,
+    Gateway,
+    containers_of,
+    docker_instance_id,
+    unavailable,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -91,9 +98,7 @@ def test_orphan_containers_are_removed_at_start(durable) -> None:
 def compose_tool() -> str:
     tool = shutil.which("docker-compose")
     if tool is None:
-        if IN_CI:
-            pytest.fail("docker-compose is not installed")
-        pytest.skip("docker-compose is not installed")
+        unavailable("docker-compose is not installed")
     return tool
 
 
@@ -114,9 +119,7 @@ def test_compose_stack_serves_one_session_through_both_replicas(docker_client) -
         try:
             docker_client.images.get(image)
         except Exception as exc:
-            if IN_CI:
-                pytest.fail(f"{image} was not built: {exc}")
-            pytest.skip("run `bash deploy/build.sh` first")
+            unavailable(f"{image} was not built ({exc}): run `bash deploy/build.sh`")
     prefix, token = docker_instance_id("compose"), secrets.token_urlsafe(24)
     ports = free_port(), free_port()
     runtime = f"/tmp/egc-{secrets.token_hex(3)}"
@@ -168,9 +171,7 @@ def test_gateway_image_serves_a_request(docker_client, tmp_path) -> None:
     try:
         docker_client.images.get("exec-gateway:latest")
     except Exception as exc:
-        if IN_CI:
-            pytest.fail(f"exec-gateway:latest was not built: {exc}")
-        pytest.skip("run `bash deploy/build.sh` first")
+        unavailable(f"exec-gateway:latest was not built ({exc}): run `bash deploy/build.sh`")
     port, token = free_port(), secrets.token_urlsafe(24)
     instance = docker_instance_id("image")
     runtime = f"/tmp/egi-{secrets.token_hex(3)}"
@@ -201,8 +202,7 @@ def test_gateway_image_serves_a_request(docker_client, tmp_path) -> None:
         httpx.delete(f"{url}/v1/sessions/img", headers=headers)
     finally:
         container.remove(force=True)
-        for c in docker_client.containers.list(all=True, filters={
-                "label": f"exec-gateway.gateway={instance}"}):
+        for c in containers_of(docker_client, instance):
             c.remove(force=True)
         shutil.rmtree(runtime, ignore_errors=True)
 

@@ -140,13 +140,11 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     password: {"url", "password", "ca_file"}."""
     import shutil
 
-    from tests.conftest import IN_CI, free_port, wait_until
+    from tests.conftest import free_port, unavailable, wait_until
 
     binary = shutil.which("redis-server")
     if binary is None:
-        if IN_CI:
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+        unavailable("redis-server is not installed")
     d = tmp_path_factory.mktemp("tls")
 
     def openssl(*args: str) -> None:
