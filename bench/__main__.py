@@ -45,8 +45,9 @@ from bench.kernel_gateway import (
 )
 from bench.procs import ProcessTracker, loadavg
 from bench.raw import RawTarget
-from bench.report import JUP, KG, RAW_GW, derive, table, write_json
+from bench.report import JUP, KG, RAW_GW, derive, write_json
 from bench.sections import gateway_settings, log
+from bench.table import table
 from bench.target import Target
 from bench.v1_ws import V1WsTarget
 
