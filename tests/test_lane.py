@@ -177,7 +177,7 @@ def test_split_and_pipelined_requests_on_a_lane(
     assert front.seen == [] and front.forwarded("answered") == 6
 
 
-STRICT = (b"POST /v1/sessions/s/execute HTTP/1.1\r\nHost: front\r\nX-Empty:\r\n"
+STRICT = (b"POST /v1/sessions/s/execute HTTP/1.1\r\nHost: front\r\nX-Empty:\r\nX-Blank: \t \r\n"
           b"X-Spaced: \t a  b \t\r\nContent-Length: 2\r\n\r\n{}")
 
 
