@@ -53,7 +53,7 @@ async def _serve(port: int, to_port: int) -> None:
             super().connection_made(transport)
             assert self.transport is not None
             self.transport.pause_reading()  # until the upstream side is connected
-            self.upstream = asyncio.ensure_future(self._connect())
+            self.connecting = asyncio.ensure_future(self._connect())  # (a task kept alive)
 
         async def _connect(self) -> None:
             try:

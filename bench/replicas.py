@@ -25,7 +25,6 @@ from typing import Any
 from bench.config import BenchConfig
 from bench.gateway_rest import (
     GatewayProcess,
-    RestSession,
     RestTarget,
     start_gateway,
     stop_gateway,
@@ -151,8 +150,7 @@ async def replicas_section(config: BenchConfig, results: dict[str, Any],
         # the REST calls direct, forwarded and piped all go to one session on A: each kernel
         # has a speed of its own (two sessions on one gateway differ by up to 10 % in p50
         # here), which would be in the ratio otherwise
-        rest = RestSession(a, f"bench-{secrets.token_hex(6)}")
-        await rest.create()
+        rest = await RestTarget(a).start()
         targets: list[Target] = [
             RestTarget(a, REPLICA_REST_DIRECT, session_id=rest.session_id),
             RestTarget(b, REPLICA_REST_FORWARDED, session_id=rest.session_id),

@@ -72,15 +72,14 @@ def _request_in(data: bytes) -> tuple[httputil.RequestStartLine, httputil.HTTPHe
     start = _START.match(data, 0, end) if end > 1 else None
     if start is None:
         return None
-    headers, names, at = httputil.HTTPHeaders(), set(), start.end()
+    headers, at = httputil.HTTPHeaders(), start.end()
     while at < end:
         field = _FIELD.match(data, at, end)
         if field is None:
             return None
-        name = field.group(1).decode().lower()
-        if name in names:
+        name = field.group(1).decode()
+        if name in headers:  # (names compare as tornado's do, whatever their case)
             return None
-        names.add(name)
         headers[name] = field.group(2).rstrip(b" \t").decode()
         at = field.end()
     return (httputil.RequestStartLine(start.group(1).decode(), start.group(2).decode(),
